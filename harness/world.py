@@ -1,0 +1,277 @@
+"""``World``: a persistent pool of rank processes, joined once, that hosts every backend in any order.
+
+Owns rank processes and nothing else; never imports accelerate at module level, so a broken target cannot
+break the pool. A failing rank reports its traceback and exits (its peers would otherwise block in a
+collective until the process-group timeout); a crash or hang costs one scenario and a fresh world.
+"""
+from __future__ import annotations
+
+import faulthandler
+import multiprocessing
+import multiprocessing.connection
+import os
+import pickle
+import signal
+import socket
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from .scenario import Scenario
+
+# Ranks pose as a plain process for world-size-1 jobs by hiding these (warm-world.md).
+_DISTRIBUTED_ENV = ("RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "WORLD_SIZE")
+
+
+@dataclass
+class JobResult:
+    """What every rank returned for one job: traces on success, tracebacks on error."""
+
+    ok: bool
+    traces: list[Any] = field(default_factory=list)
+    errors: dict[int, str] = field(default_factory=dict)
+    seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------------------------- rank side
+class _RankState:
+    """What one rank must restore between scenarios."""
+
+    def __init__(self, rank: int, world_size: int, pg_timeout_s: float) -> None:
+        self.rank = rank
+        self.world_size = world_size
+        self.timeout = timedelta(seconds=pg_timeout_s)
+        self.launch_env = {name: os.environ[name] for name in _DISTRIBUTED_ENV if name in os.environ}
+        import torch.nn.functional
+
+        self.original_linear = torch.nn.functional.linear
+
+
+def reset_between_scenarios(state: _RankState, scenario: Scenario) -> None:
+    """The one place that makes a warm world behave like a fresh launch (warm-world.md, measured bit-identical).
+
+    Each step names the silent failure it prevents.
+    """
+    import torch.nn.functional
+    from accelerate.state import AcceleratorState, GradientState, PartialState
+
+    # 1. Without it accelerate reuses the previous state's plugins: a DDP scenario after a DeepSpeed one
+    #    silently runs as a DeepSpeed engine with the previous config.
+    AcceleratorState._reset_state(reset_partial_state=True)
+    # 2. A kept GradientState carries the previous run's sync_gradients/step counter into the next loop.
+    GradientState._reset_state()
+    # 3. ZeRO-3's Init replaces F.linear process-wide and engine.destroy() does not restore it: under bf16
+    #    autocast a later DDP scenario would differ from its fresh run.
+    torch.nn.functional.linear = state.original_linear
+    # 4. Each scenario chooses DeepSpeed or not through this variable, read when the state is created.
+    os.environ["ACCELERATE_USE_DEEPSPEED"] = "true" if scenario.zero_stage is not None else "false"
+    # 5. World size 1 inside the 2-rank world: hide the launch variables so accelerate sees a plain process;
+    #    restore them otherwise, or a later 2-rank scenario would run as one process on each rank.
+    for name in _DISTRIBUTED_ENV:
+        os.environ.pop(name, None)
+    if scenario.world_size == 1:
+        os.environ["WORLD_SIZE"] = "1"
+    else:
+        os.environ.update(state.launch_env)
+    # 6. Re-create PartialState with exactly the launch's arguments: re-created without a backend, accelerate
+    #    decides "one process" on a CPU host and rank 1 silently trains on rank 0's data.
+    if scenario.zero_stage is not None:
+        PartialState(backend="gloo", timeout=state.timeout)
+    else:
+        PartialState(cpu=True, timeout=state.timeout)
+
+
+def _rank_main(rank: int, world_size: int, port: int, conn: Any, pg_timeout_s: float, stacks_path: str) -> None:
+    os.environ.update({
+        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank), "LOCAL_RANK": str(rank),
+        "WORLD_SIZE": str(world_size), "LOCAL_WORLD_SIZE": str(world_size), "LOCAL_SIZE": str(world_size),
+        "OMP_NUM_THREADS": "1",
+    })
+    # On a hang the coordinator sends SIGUSR1: every thread's stack lands in this file for the report.
+    stacks = open(stacks_path, "w")  # noqa: SIM115 - kept open for the life of the rank
+    faulthandler.register(signal.SIGUSR1, file=stacks, all_threads=True)
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+        from accelerate.state import PartialState
+
+        from . import job
+
+        PartialState(backend="gloo", timeout=timedelta(seconds=pg_timeout_s))
+        state = _RankState(rank, world_size, pg_timeout_s)
+        conn.send_bytes(pickle.dumps(("ready", None)))
+        while True:
+            message = pickle.loads(conn.recv_bytes())
+            if message is None:
+                break
+            scenario, target = message
+            if rank >= scenario.world_size:
+                conn.send_bytes(pickle.dumps(("idle", None)))
+                continue
+            reset_between_scenarios(state, scenario)
+            trace = job.run(scenario, target, rank)
+            os.environ.update(state.launch_env)
+            conn.send_bytes(pickle.dumps(("ok", trace)))
+        import torch.distributed as dist
+
+        # Measured (versions.md): a barrier before destroying the group makes exits clean.
+        if dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
+    except BaseException:  # report, then die at once so that peers fail fast instead of hanging
+        try:
+            conn.send_bytes(pickle.dumps(("error", traceback.format_exc())))
+        finally:
+            os._exit(1)
+
+
+# -------------------------------------------------------------------------------------- coordinator side
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class WorldStartError(RuntimeError):
+    """The ranks did not join: an infrastructure error, not a conformance failure."""
+
+
+class World:
+    """Rank processes for one world size; ``run`` sends a job, ``close`` ends them.
+
+    The first job after a failure starts a fresh world: the old process group is unusable (warm-world.md).
+    """
+
+    def __init__(self, world_size: int = 2, job_timeout_s: float = 120.0, start_timeout_s: float = 180.0) -> None:
+        self.world_size = world_size
+        self.job_timeout_s = job_timeout_s
+        self.start_timeout_s = start_timeout_s
+        # The process group's own timeout stays far above ours, so our deadline is what ends a hang.
+        self.pg_timeout_s = max(10 * job_timeout_s, 600.0)
+        self._procs: list[Any] = []
+        self._conns: list[Any] = []
+        self._dir = Path(tempfile.mkdtemp(prefix="accumgate-world-"))
+        self.starts = 0
+
+    # lifecycle
+    def start(self) -> None:
+        context = multiprocessing.get_context("spawn")
+        port = _free_port()
+        self._procs, self._conns = [], []
+        for rank in range(self.world_size):
+            parent, child = context.Pipe()
+            proc = context.Process(
+                target=_rank_main, daemon=True, name=f"accumgate-rank{rank}",
+                args=(rank, self.world_size, port, child, self.pg_timeout_s, str(self._stacks(rank))),
+            )
+            proc.start()
+            child.close()
+            self._procs.append(proc)
+            self._conns.append(parent)
+        self.starts += 1
+        replies = self._collect(self.start_timeout_s)
+        failed = {rank: reply for rank, reply in replies.items() if reply[0] != "ready"}
+        if failed:
+            self._kill()
+            details = "; ".join(f"rank {rank}: {reply[1]}" for rank, reply in failed.items())
+            raise WorldStartError(f"world of {self.world_size} ranks did not start: {details}")
+
+    @property
+    def alive(self) -> bool:
+        return bool(self._procs) and all(proc.is_alive() for proc in self._procs)
+
+    def close(self) -> list[str]:
+        """End the ranks; a rank that dies at exit after its results are in is a warning, not an error."""
+        warnings = []
+        for conn in self._conns:
+            try:
+                conn.send_bytes(pickle.dumps(None))
+            except OSError:
+                pass
+        for rank, proc in enumerate(self._procs):
+            proc.join(timeout=20)
+            if proc.is_alive():
+                warnings.append(f"rank {rank} did not exit within 20 s; killed")
+                proc.kill()
+                proc.join()
+            elif proc.exitcode not in (0, None):
+                warnings.append(f"rank {rank} exited with code {proc.exitcode} after its results were in")
+        self._procs, self._conns = [], []
+        return warnings
+
+    def __enter__(self) -> "World":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # jobs
+    def run(self, scenario: Scenario, target: str) -> JobResult:
+        if scenario.world_size > self.world_size:
+            raise ValueError(f"{scenario.id} needs {scenario.world_size} ranks; this world has {self.world_size}")
+        if not self.alive:
+            self._kill()
+            self.start()
+        started = time.perf_counter()
+        for conn in self._conns:
+            conn.send_bytes(pickle.dumps((scenario, target)))
+        replies = self._collect(self.job_timeout_s)
+        seconds = time.perf_counter() - started
+        errors = {rank: reply[1] for rank, reply in replies.items() if reply[0] not in ("ok", "idle")}
+        if errors or len(replies) < self.world_size:
+            self._kill()
+            return JobResult(ok=False, errors=errors, seconds=seconds)
+        traces = [replies[rank][1] for rank in range(scenario.world_size)]
+        return JobResult(ok=True, traces=traces, seconds=seconds)
+
+    def _collect(self, timeout_s: float) -> dict[int, tuple[str, Any]]:
+        """Replies by rank until all are in, one rank fails (peers get a short grace), or the deadline."""
+        deadline = time.monotonic() + timeout_s
+        replies: dict[int, tuple[str, Any]] = {}
+        pending = dict(enumerate(self._conns))
+        while pending:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            ready = multiprocessing.connection.wait(list(pending.values()), timeout=remaining)
+            for conn in ready:
+                rank = next(r for r, c in pending.items() if c is conn)
+                del pending[rank]
+                try:
+                    replies[rank] = pickle.loads(conn.recv_bytes())
+                except (EOFError, OSError):
+                    code = self._procs[rank].exitcode
+                    replies[rank] = ("error", f"rank {rank} died without a report (exit code {code})")
+                if replies[rank][0] == "error":
+                    deadline = min(deadline, time.monotonic() + 5.0)
+        for rank in pending:
+            replies[rank] = ("error", self._hung_rank_report(rank, timeout_s))
+        return replies
+
+    def _hung_rank_report(self, rank: int, timeout_s: float) -> str:
+        proc = self._procs[rank]
+        if not proc.is_alive():
+            return f"rank {rank} died (exit code {proc.exitcode})"
+        os.kill(proc.pid, signal.SIGUSR1)
+        time.sleep(0.5)
+        stacks = self._stacks(rank).read_text(errors="replace").strip()
+        return f"rank {rank} gave no result within {timeout_s:g} s (hung or waiting on a failed peer); stacks:\n{stacks}"
+
+    def _stacks(self, rank: int) -> Path:
+        return self._dir / f"rank{rank}.stacks"
+
+    def _kill(self) -> None:
+        for proc in self._procs:
+            if proc.is_alive():
+                proc.kill()
+        for proc in self._procs:
+            proc.join(timeout=10)
+        for conn in self._conns:
+            conn.close()
+        self._procs, self._conns = [], []

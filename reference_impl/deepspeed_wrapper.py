@@ -1,0 +1,129 @@
+"""The boundary-aware replacement for accelerate's ``DeepSpeedEngineWrapper``.
+
+It owns one decision per micro-batch: is this the gradient-accumulation boundary? It tells the engine
+before backward, and calls ``engine.step()`` only at a boundary, so ``engine.global_steps`` counts
+boundaries. It never lets DeepSpeed's internal asserts be the error a user sees.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from accelerate.utils.deepspeed import DeepSpeedEngineWrapper
+
+from . import compat
+from .errors import BoundaryUnsupportedError, PipelineEngineError, UnmanagedAccumulationError
+
+
+class BoundaryAwareDeepSpeedEngineWrapper(DeepSpeedEngineWrapper):
+    """Wraps a ``DeepSpeedEngine``; accepts both accelerate call signatures of ``backward``."""
+
+    def __init__(self, engine: Any) -> None:
+        if compat.is_pipeline_engine(engine):
+            raise PipelineEngineError(
+                "boundary-aware accumulation does not apply to DeepSpeed's PipelineEngine: it schedules its "
+                "own micro-batches; call engine.train_batch(data_iter) instead of backward/step"
+            )
+        if not compat.engine_manages_accumulation(engine):
+            raise UnmanagedAccumulationError(
+                "DeepSpeed config sets 'managed_gradient_accumulation': false, where the engine rejects "
+                "accumulation boundaries; remove the key (default true) to use backward(is_final_micro_batch=...), "
+                "or drive engine.backward()/engine.step() yourself"
+            )
+        super().__init__(engine)
+        self._gradient_accumulation_boundary: bool | None = None
+        # The boundary forced by set_gradient_accumulation_boundary(); None: the caller decides per backward.
+        self._boundary_override: bool | None = None
+        self._has_boundary_api = compat.engine_has_boundary_api(engine)
+        self._stepped_last_backward = False
+        self._pre_step_grad_norm: float | None = None
+
+    # -- boundary -----------------------------------------------------------------------------------------
+    def set_gradient_accumulation_boundary(self, is_boundary: bool | None) -> None:
+        """Record the boundary and tell the engine now, so code before backward (ZeRO-3 prefetch,
+        ``engine.is_gradient_accumulation_boundary()``) already sees it. ``None`` hands the decision back."""
+        self._boundary_override = None if is_boundary is None else bool(is_boundary)
+        if self._has_boundary_api:
+            self.engine.set_gradient_accumulation_boundary(self._boundary_override)
+
+    def _resolve(self, sync_gradients: bool | None) -> bool | None:
+        if sync_gradients is not None:
+            return bool(sync_gradients)
+        return self._boundary_override
+
+    # -- backward -----------------------------------------------------------------------------------------
+    def backward(self, loss: Any, sync_gradients: bool | None = None, **kwargs: Any) -> None:
+        """``sync_gradients`` is the resolved boundary (accelerate >= 1.8 passes it; the reference accelerator
+        always does). Without it (accelerate <= 1.7's ``backward(loss)``) and without an override, the engine's
+        own micro-step counter decides and ``step()`` runs after every backward, exactly as before."""
+        boundary = self._resolve(sync_gradients)
+        if not self._has_boundary_api:
+            self._backward_following_engine_counter(loss, boundary, **kwargs)
+            return
+        if boundary is None:
+            self._gradient_accumulation_boundary = bool(self.engine.is_gradient_accumulation_boundary())
+            self.engine.backward(loss, **kwargs)
+            self._step(always=True)
+            return
+        self._gradient_accumulation_boundary = boundary
+        self.engine.set_gradient_accumulation_boundary(boundary)
+        if boundary:
+            with compat.engine_sync_allowed(self.engine):
+                self.engine.backward(loss, **kwargs)
+                self._step(always=False)
+        else:
+            self.engine.backward(loss, **kwargs)
+            self._stepped_last_backward = False
+
+    def _backward_following_engine_counter(self, loss: Any, boundary: bool | None, **kwargs: Any) -> None:
+        counter_boundary = bool(self.engine.is_gradient_accumulation_boundary())
+        if boundary is not None and boundary != counter_boundary:
+            raise BoundaryUnsupportedError(
+                f"explicit boundary {boundary} disagrees with the engine's micro-step counter ({counter_boundary}) "
+                f"and this DeepSpeed ({compat.installed_version('deepspeed')}) has no "
+                "set_gradient_accumulation_boundary (added in 0.5.8, #1588); upgrade DeepSpeed or use "
+                "windows of exactly gradient_accumulation_steps"
+            )
+        self._gradient_accumulation_boundary = counter_boundary
+        self.engine.backward(loss, **kwargs)
+        self._step(always=True)
+
+    def _step(self, always: bool) -> None:
+        """``always``: the engine's own counter decides inside ``step()`` (legacy and fallback paths)."""
+        at_boundary = bool(self._gradient_accumulation_boundary)
+        self._pre_step_grad_norm = self._own_pre_clip_norm() if at_boundary else None
+        steps_before = getattr(self.engine, "global_steps", None)
+        if at_boundary or always:
+            self.engine.step()
+        steps_after = getattr(self.engine, "global_steps", None)
+        self._stepped_last_backward = at_boundary if steps_before is None else steps_after != steps_before
+
+    # -- grad norm ----------------------------------------------------------------------------------------
+    def _own_pre_clip_norm(self) -> float | None:
+        """Where the engine reports no norm (a plain torch optimizer at ZeRO-0, deepspeed 0.19.8) the full,
+        already all-reduced gradients sit on the parameters just before ``step()``: measure them there."""
+        if compat.engine_computes_grad_norm(self.engine) or compat.engine_zero_stage(self.engine) != 0:
+            return None
+        grads = [p.grad for p in self.engine.module.parameters() if p.grad is not None]
+        if not grads:
+            return None
+        import torch
+
+        return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])))
+
+    def get_global_grad_norm(self) -> float | None:
+        """Pre-clip global norm of the most recent step; None when the engine has none and none was measured."""
+        norm = compat.engine_global_grad_norm(self.engine)
+        if norm is None:
+            norm = self._pre_step_grad_norm
+        return norm
+
+    def grad_norm_after_step(self) -> float | None:
+        """None when the last backward did not step; -1.0 when it stepped but no norm can be had."""
+        if not self._stepped_last_backward:
+            return None
+        norm = self.get_global_grad_norm()
+        return -1.0 if norm is None else norm
+
+    @property
+    def stepped_last_backward(self) -> bool:
+        return self._stepped_last_backward
