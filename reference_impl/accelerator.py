@@ -28,6 +28,9 @@ class BoundaryAwareAccelerator(Accelerator):
         # optimizer_step_and_zero_grad consumed the last boundary: a second call must not step again.
         self._boundary_consumed = False
         self._warned_clip_mismatch = False
+        # accelerate keeps the *unwrapped* module in _models for MULTI_CPU/MULTI_GPU, so the DDP wrappers
+        # whose gradient sync the boundary controls are tracked here.
+        self._ddp_wrapped: list[torch.nn.parallel.DistributedDataParallel] = []
 
     # -- preparation --------------------------------------------------------------------------------------
     def _prepare_deepspeed(self, *args: Any) -> Any:
@@ -38,6 +41,19 @@ class BoundaryAwareAccelerator(Accelerator):
             if self._boundary_override is not None:
                 self.deepspeed_engine_wrapped.set_gradient_accumulation_boundary(self._boundary_override)
         return result
+
+    def prepare_model(self, model: torch.nn.Module, *args: Any, **kwargs: Any) -> torch.nn.Module:
+        prepared = super().prepare_model(model, *args, **kwargs)
+        if isinstance(prepared, torch.nn.parallel.DistributedDataParallel) and prepared not in self._ddp_wrapped:
+            self._ddp_wrapped.append(prepared)
+            if self._boundary_override is not None:
+                prepared.require_backward_grad_sync = self._boundary_override
+        return prepared
+
+    def free_memory(self, *objects: Any) -> Any:
+        self._ddp_wrapped = []
+        self._last_boundary = None
+        return super().free_memory(*objects)
 
     # -- boundary -----------------------------------------------------------------------------------------
     def set_deepspeed_gradient_accumulation_boundary(self, is_boundary: bool | None) -> None:
@@ -78,7 +94,7 @@ class BoundaryAwareAccelerator(Accelerator):
             self._all_reduce_unsynchronised_gradients()
 
     def _ddp_models(self) -> list[torch.nn.parallel.DistributedDataParallel]:
-        return [m for m in self._models if isinstance(m, torch.nn.parallel.DistributedDataParallel)]
+        return self._ddp_wrapped
 
     def _all_reduce_unsynchronised_gradients(self) -> None:
         """A boundary whose forward ran under ``no_sync`` (inside ``accumulate()`` off its schedule, or after

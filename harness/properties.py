@@ -1,0 +1,132 @@
+"""Property checks: each takes what ranks recorded (and the oracle's expectation) and returns deviations.
+
+They never raise and never print: the conformance suite asserts on an empty list, the mutant tests assert
+on a non-empty one, and reports render the same ``Deviation`` objects.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+from .compare import TOLERANCES, Deviation, compare_scalar, compare_tensor, compare_tensors
+from .oracle import OracleTrace
+from .scenario import Scenario
+from .trace import Trace
+
+P1 = "P1 manual≡automatic"
+P2 = "P2 backend≡oracle"
+P4 = "P4 boundaries"
+P6 = "P6 grad norm"
+
+
+def _step_label(k: int, total: int) -> str:
+    return f"boundary {k + 1} of {total}"
+
+
+def steps_at_boundaries(scenario: Scenario, traces: Sequence[Trace]) -> list[Deviation]:
+    """The optimizer steps exactly after the boundary micro-batches, and the engine's counter agrees."""
+    want = scenario.boundaries
+    deviations = []
+    for trace in traces:
+        got = [step.micro_step for step in trace.steps]
+        if got != want:
+            deviations.append(Deviation(scenario.id, P4, f"rank {trace.rank}", "optimizer steps",
+                                        f"stepped after micro-batches {got}, want {want} ({len(got)} vs {len(want)} steps)"))
+        if trace.engine_global_steps is not None and trace.engine_global_steps != len(want):
+            deviations.append(Deviation(scenario.id, P4, f"rank {trace.rank}", "engine.global_steps",
+                                        f"got {trace.engine_global_steps}, want {len(want)} (one per boundary)"))
+    return deviations
+
+
+def sync_gradients_follow_boundaries(scenario: Scenario, traces: Sequence[Trace]) -> list[Deviation]:
+    """``accelerator.sync_gradients`` after each backward reports that micro-batch's resolved boundary."""
+    boundaries = set(scenario.boundaries)
+    want = [index in boundaries for index in range(scenario.micro_batches)]
+    deviations = []
+    for trace in traces:
+        for index, (got_flag, want_flag) in enumerate(zip(trace.sync_gradients, want)):
+            if got_flag != want_flag:
+                deviations.append(Deviation(scenario.id, P4, f"rank {trace.rank} · micro-batch {index}",
+                                            "accelerator.sync_gradients", f"got {got_flag}, want {want_flag}"))
+                break
+    return deviations
+
+
+def matches_oracle(scenario: Scenario, traces: Sequence[Trace], oracle: OracleTrace) -> list[Deviation]:
+    """Losses per micro-batch and parameters after every step equal the float64 oracle within tolerance."""
+    rtol, atol = TOLERANCES[scenario.precision]
+    deviations: list[Deviation] = []
+    total = len(oracle.steps)
+    for trace in traces:
+        for index, (got, want) in enumerate(zip(trace.losses, oracle.losses[trace.rank])):
+            deviations += compare_scalar(got, want, scenario=scenario.id, prop=P2, label="loss",
+                                         where=f"rank {trace.rank} · micro-batch {index}", rtol=rtol, atol=atol)
+        if len(trace.steps) != total:
+            deviations += compare_tensors(trace.final_params, oracle.final_params, scenario=scenario.id, prop=P2,
+                                          where=f"rank {trace.rank} · final ({len(trace.steps)} steps, want {total})",
+                                          label="param", rtol=rtol, atol=atol)
+            continue
+        for k, (step, want_step) in enumerate(zip(trace.steps, oracle.steps)):
+            deviations += compare_tensors(step.params, want_step.params, scenario=scenario.id, prop=P2,
+                                          where=f"rank {trace.rank} · {_step_label(k, total)}",
+                                          label="param", rtol=rtol, atol=atol)
+    return deviations
+
+
+def ranks_agree(scenario: Scenario, traces: Sequence[Trace]) -> list[Deviation]:
+    """Data parallelism: every rank ends with the same bytes."""
+    first = traces[0]
+    deviations: list[Deviation] = []
+    for trace in traces[1:]:
+        deviations += compare_tensors(trace.final_params, first.final_params, scenario=scenario.id, prop=P2,
+                                      where=f"rank {trace.rank} vs rank {first.rank} · final", label="param",
+                                      rtol=0, atol=0)
+    return deviations
+
+
+def returned_norms(scenario: Scenario, traces: Sequence[Trace], oracle: OracleTrace) -> list[Deviation]:
+    """``optimizer_step_and_zero_grad`` returns None off-boundary and the oracle's pre-clip norm at one."""
+    rtol, atol = TOLERANCES[scenario.precision]
+    boundaries = scenario.boundaries
+    deviations: list[Deviation] = []
+    for trace in traces:
+        if len(trace.returned_norms) != scenario.micro_batches:
+            deviations.append(Deviation(scenario.id, P6, f"rank {trace.rank}", "returned norms",
+                                        f"{len(trace.returned_norms)} values for {scenario.micro_batches} micro-batches"))
+            continue
+        for index, got in enumerate(trace.returned_norms):
+            if index in boundaries:
+                k = boundaries.index(index)
+                want: float | None = oracle.steps[k].pre_clip_norm
+                where = f"rank {trace.rank} · {_step_label(k, len(boundaries))}"
+            else:
+                want, where = None, f"rank {trace.rank} · micro-batch {index} (not a boundary)"
+            deviations += compare_scalar(got, want, scenario=scenario.id, prop=P6, where=where,
+                                         label="optimizer_step_and_zero_grad()", rtol=rtol, atol=atol)
+    return deviations
+
+
+def bit_identical(scenario: Scenario, traces: Sequence[Trace], baseline: Scenario,
+                  baseline_traces: Sequence[Trace]) -> list[Deviation]:
+    """Same backend and schedule, another API style: the same bytes, step by step."""
+    deviations: list[Deviation] = []
+    for trace, base in zip(traces, baseline_traces):
+        where = f"rank {trace.rank} vs {baseline.id}"
+        if len(trace.steps) != len(base.steps):
+            deviations.append(Deviation(scenario.id, P1, where, "optimizer steps",
+                                        f"{len(trace.steps)} steps vs {len(base.steps)}"))
+        for k, (step, base_step) in enumerate(zip(trace.steps, base.steps)):
+            deviations += compare_tensors(step.params, base_step.params, scenario=scenario.id, prop=P1,
+                                          where=f"{where} · {_step_label(k, len(base.steps))}", label="param",
+                                          rtol=0, atol=0)
+        for index, (got, want) in enumerate(zip(trace.losses, base.losses)):
+            detail = compare_tensor_scalar_bits(got, want)
+            if detail:
+                deviations.append(Deviation(scenario.id, P1, f"{where} · micro-batch {index}", "loss", detail))
+    return deviations
+
+
+def compare_tensor_scalar_bits(got: float, want: float) -> str | None:
+    import torch
+
+    return compare_tensor(torch.tensor(got, dtype=torch.float64), torch.tensor(want, dtype=torch.float64),
+                          rtol=0, atol=0)
