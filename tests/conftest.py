@@ -1,0 +1,47 @@
+"""Fixtures shared by the fast unit tests and the real-world tests.
+
+One warm 2-rank gloo world serves every real-world test of the session (DeepSpeed's tests/unit/common.py
+habit: the fixture owns the processes); each scenario runs once per target and is cached.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import pytest
+
+from harness.scenario import Scenario
+from harness.world import JobResult, World
+
+
+@pytest.fixture(scope="session")
+def world() -> World:
+    world = World(world_size=2)
+    world.start()
+    yield world
+    for warning in world.close():
+        print(f"world: {warning}")
+
+
+@pytest.fixture(scope="session")
+def run_scenario(world: World) -> Callable[..., JobResult]:
+    cache: dict[tuple[Scenario, str], JobResult] = {}
+
+    def run(scenario: Scenario, target: str = "reference") -> JobResult:
+        key = (scenario, target)
+        if key not in cache:
+            cache[key] = world.run(scenario, target)
+        return cache[key]
+
+    return run
+
+
+@pytest.fixture
+def fresh_accelerate_state():
+    """In-process accelerate state is global: reset it around each test that builds an Accelerator."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
