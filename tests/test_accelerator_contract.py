@@ -1,0 +1,45 @@
+"""The reference accelerator keeps every per-call promise of DESIGN §3 (single process, real accelerate)."""
+from __future__ import annotations
+
+import pytest
+
+from reference_impl import BoundaryAwareAccelerator
+from tests.contract import CHECKS
+
+
+@pytest.mark.parametrize("check", sorted(CHECKS))
+def test_reference_keeps_the_contract(check: str, fresh_accelerate_state) -> None:
+    violations = CHECKS[check](BoundaryAwareAccelerator)
+    assert not violations, "\n".join(violations)
+
+
+def test_untouched_code_behaves_as_upstream(fresh_accelerate_state) -> None:
+    """No keyword, no override: the same bytes as upstream accelerate's accumulate() loop."""
+    import accelerate
+
+    from tests.contract import _micro_batch, _setup
+
+    finals = []
+    for cls in (accelerate.Accelerator, BoundaryAwareAccelerator):
+        accelerator, model, optimizer = _setup(cls)
+        for index in range(1, 9):
+            with accelerator.accumulate(model):
+                _micro_batch(accelerator, model, optimizer, index)
+        finals.append([p.detach().clone() for p in model.parameters()])
+    assert all(a.equal(b) for a, b in zip(*finals))
+
+
+def test_patch_accelerate_swaps_and_restores(fresh_accelerate_state) -> None:
+    import accelerate
+    import accelerate.accelerator
+    import accelerate.utils.deepspeed
+
+    from reference_impl import BoundaryAwareDeepSpeedEngineWrapper, patch_accelerate
+
+    original = accelerate.Accelerator
+    with patch_accelerate():
+        assert accelerate.Accelerator is BoundaryAwareAccelerator
+        assert accelerate.accelerator.DeepSpeedEngineWrapper is BoundaryAwareDeepSpeedEngineWrapper
+        assert not CHECKS["kwarg"](accelerate.Accelerator)
+    assert accelerate.Accelerator is original
+    assert accelerate.utils.deepspeed.DeepSpeedEngineWrapper is not BoundaryAwareDeepSpeedEngineWrapper

@@ -1,0 +1,99 @@
+"""The DeepSpeed wrapper's contract, fast, on fake engines (see tests/fakes.py for why fakes here)."""
+from __future__ import annotations
+
+import pytest
+
+from reference_impl import (BoundaryAwareDeepSpeedEngineWrapper, BoundaryUnsupportedError, PipelineEngineError,
+                            UnmanagedAccumulationError)
+from tests.fakes import EngineWithoutBoundaryApi, FakeEngine, PipelineEngine, loss_of
+
+
+def run_windows(wrapper: BoundaryAwareDeepSpeedEngineWrapper, windows: list[int]) -> list[float | None]:
+    norms = []
+    for window in windows:
+        for index in range(window):
+            wrapper.backward(loss_of(wrapper.engine), sync_gradients=index == window - 1)
+            norms.append(wrapper.grad_norm_after_step())
+    return norms
+
+
+def test_engine_steps_only_at_explicit_boundaries() -> None:
+    engine = FakeEngine(gas=4)
+    norms = run_windows(BoundaryAwareDeepSpeedEngineWrapper(engine), [3, 1, 4, 2])
+    assert (engine.global_steps, engine.step_calls, engine.backward_calls) == (4, 4, 10)
+    assert norms == [None, None, 2.5, 2.5, None, None, None, 2.5, None, 2.5]
+
+
+def test_stepped_without_a_norm_returns_minus_one() -> None:
+    engine = FakeEngine(stage=2, norm=None)
+    assert run_windows(BoundaryAwareDeepSpeedEngineWrapper(engine), [2]) == [None, -1.0]
+
+
+def test_zero0_norm_is_measured_before_the_step() -> None:
+    """A plain torch optimizer at ZeRO-0 gives the engine no norm; the wrapper measures the grads itself."""
+    engine = FakeEngine(stage=0)
+    wrapper = BoundaryAwareDeepSpeedEngineWrapper(engine)
+    wrapper.backward(loss_of(engine), sync_gradients=False)
+    wrapper.backward(loss_of(engine), sync_gradients=True)
+    # d/dw of 2 * (3 * (w·1 + b)) / 4 = 1.5 for each of w1, w2, b
+    assert wrapper.grad_norm_after_step() == pytest.approx((3 * 1.5**2) ** 0.5)
+
+
+def test_legacy_call_without_boundary_follows_the_engine_counter() -> None:
+    """accelerate <= 1.7 calls backward(loss): step() after every backward, the engine's counter decides."""
+    engine = FakeEngine(gas=4)
+    wrapper = BoundaryAwareDeepSpeedEngineWrapper(engine)
+    for _ in range(8):
+        wrapper.backward(loss_of(engine))
+    assert (engine.global_steps, engine.step_calls) == (2, 8)
+
+
+def test_override_reaches_the_engine_before_backward_and_none_hands_it_back() -> None:
+    engine = FakeEngine(gas=4)
+    wrapper = BoundaryAwareDeepSpeedEngineWrapper(engine)
+    wrapper.set_gradient_accumulation_boundary(True)
+    assert engine.is_gradient_accumulation_boundary() is True
+    wrapper.backward(loss_of(engine))
+    assert engine.global_steps == 1
+    wrapper.set_gradient_accumulation_boundary(None)
+    assert engine._is_gradient_accumulation_boundary is None
+
+
+def test_boundary_inside_the_engines_no_sync_is_not_an_assert() -> None:
+    """accumulate() holds engine.no_sync() off its own schedule; an explicit boundary must still step."""
+    engine = FakeEngine(gas=4)
+    wrapper = BoundaryAwareDeepSpeedEngineWrapper(engine)
+    engine.inside_no_sync_ctxt = True
+    wrapper.backward(loss_of(engine), sync_gradients=True)
+    assert engine.global_steps == 1 and engine.inside_no_sync_ctxt is True
+
+
+def test_engine_without_boundary_api_rejects_a_disagreeing_boundary() -> None:
+    engine = EngineWithoutBoundaryApi(gas=4)
+    wrapper = BoundaryAwareDeepSpeedEngineWrapper(engine)
+    with pytest.raises(BoundaryUnsupportedError, match=r"set_gradient_accumulation_boundary.*0\.5\.8"):
+        wrapper.backward(loss_of(engine), sync_gradients=True)
+
+
+def test_engine_without_boundary_api_follows_its_counter_when_boundaries_agree() -> None:
+    engine = EngineWithoutBoundaryApi(gas=2)
+    norms = run_windows(BoundaryAwareDeepSpeedEngineWrapper(engine), [2, 2])
+    assert (engine.global_steps, engine.step_calls) == (2, 4)
+    assert norms == [None, 2.5, None, 2.5]
+
+
+def test_unmanaged_accumulation_is_rejected_naming_the_key() -> None:
+    with pytest.raises(UnmanagedAccumulationError, match="managed_gradient_accumulation"):
+        BoundaryAwareDeepSpeedEngineWrapper(FakeEngine(managed=False))
+
+
+def test_pipeline_engine_points_to_train_batch() -> None:
+    with pytest.raises(PipelineEngineError, match="train_batch"):
+        BoundaryAwareDeepSpeedEngineWrapper(PipelineEngine())
+
+
+def test_keyword_arguments_reach_the_engine() -> None:
+    """transformers' Trainer sends scale_wrt_gas=False through accelerator.backward (transformers #35808)."""
+    engine = FakeEngine()
+    BoundaryAwareDeepSpeedEngineWrapper(engine).backward(loss_of(engine), sync_gradients=False, scale_wrt_gas=False)
+    assert engine.last_backward_kwargs == {"scale_wrt_gas": False}

@@ -1,0 +1,88 @@
+"""Detection power: every check of the reference tests fails on the small wrong implementation meant for it.
+
+A row names the mutant, where it is caught (a per-call contract check, or a scenario and property run in
+the real world) and, for the subtle ones, a check that must *not* see it (showing why the catching check
+is needed). The reference passing the same checks is asserted by the other test modules.
+"""
+from __future__ import annotations
+
+import pytest
+
+from harness import oracle, properties
+from harness.scenario import Scenario
+from harness.targets import load_target
+from tests.contract import CHECKS
+
+
+def _target(mutant: str) -> str:
+    return f"tests.mutants.{mutant}:Accelerator"
+
+
+CONTRACT_CATCHES = [
+    ("always_step", "kwarg"),
+    ("ignore_kwarg", "kwarg"),
+    ("sticky_kwarg", "kwarg"),
+    ("off_by_one", "kwarg"),
+    ("override_not_cleared", "override"),
+    ("post_clip_norm", "norm"),
+    ("no_zero_grad", "norm"),
+]
+
+
+@pytest.mark.parametrize(("mutant", "check"), CONTRACT_CATCHES, ids=lambda v: v)
+def test_contract_catches(mutant: str, check: str, fresh_accelerate_state) -> None:
+    assert CHECKS[check](load_target(_target(mutant))), f"{mutant} passed the {check} contract check"
+
+
+def _w(backend: str) -> int:
+    return 1 if backend == "single" else 2
+
+
+def _s(backend: str, api: str, schedule: str) -> Scenario:
+    return Scenario(backend, api, schedule, world_size=_w(backend))
+
+
+def _steps(s, traces):
+    return properties.steps_at_boundaries(s, traces)
+
+
+def _oracle(s, traces):
+    return properties.matches_oracle(s, traces, oracle.expected(s)) + properties.ranks_agree(s, traces)
+
+
+def _norms(s, traces):
+    return properties.returned_norms(s, traces, oracle.expected(s))
+
+
+WORLD_CATCHES = [  # (mutant, scenario, catching check)
+    ("always_step", _s("ds2", "kwarg", "dyn3142"), _steps),
+    ("always_step", _s("ds2", "kwarg", "dyn3142"), _oracle),
+    ("ignore_kwarg", _s("ds3", "kwarg", "dyn3142"), _steps),
+    ("off_by_one", _s("ds0", "set_boundary", "forced4264"), _steps),
+    ("double_scale", _s("ds1", "kwarg", "uni4"), _oracle),
+    ("double_scale", _s("ddp", "auto", "uni4"), _oracle),
+    ("post_clip_norm", _s("ds0", "step_and_zero_grad", "uni4"), _norms),
+    ("post_clip_norm", _s("ds3", "step_and_zero_grad", "dyn3142"), _norms),
+    ("no_zero_grad", _s("single", "step_and_zero_grad", "uni4"), _oracle),
+    ("no_ddp_resync", _s("ddp", "auto", "dyn3142"), _oracle),
+]
+
+
+@pytest.mark.parametrize(("mutant", "scenario", "check"), WORLD_CATCHES,
+                         ids=[f"{m}-{s.id}-{c.__name__.strip('_')}" for m, s, c in WORLD_CATCHES])
+def test_world_catches(run_scenario, mutant: str, scenario: Scenario, check) -> None:
+    result = run_scenario(scenario, _target(mutant))
+    assert result.ok, result.errors
+    deviations = check(scenario, result.traces)
+    assert deviations, f"{mutant} went unnoticed by {check.__name__} on {scenario.id}"
+    assert scenario.id in deviations[0].message()
+
+
+def test_bit_identity_sees_what_the_oracle_tolerance_cannot(run_scenario) -> None:
+    """nudged_loss stays inside fp32 tolerance of the oracle, yet P1 (bytes equal to accumulate()) flags it."""
+    scenario, baseline = _s("ds2", "kwarg", "uni4"), _s("ds2", "auto", "uni4")
+    mutant = run_scenario(scenario, _target("nudged_loss"))
+    reference_baseline = run_scenario(baseline, "reference")
+    assert mutant.ok and reference_baseline.ok
+    assert not _oracle(scenario, mutant.traces), "the nudge was meant to hide inside the oracle tolerance"
+    assert properties.bit_identical(scenario, mutant.traces, baseline, reference_baseline.traces)
