@@ -13,6 +13,15 @@ from harness.scenario import Scenario
 from harness.world import JobResult, World
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that run a scenario get the markers ``world`` and its backend (``-m ds3``, ``-m "not world"``)."""
+    for item in items:
+        scenario = getattr(getattr(item, "callspec", None), "params", {}).get("scenario")
+        if isinstance(scenario, Scenario):
+            item.add_marker(pytest.mark.world)
+            item.add_marker(getattr(pytest.mark, scenario.backend))
+
+
 @pytest.fixture(scope="session")
 def world() -> World:
     world = World(world_size=2)

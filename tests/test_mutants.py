@@ -78,6 +78,8 @@ def test_world_catches(run_scenario, mutant: str, scenario: Scenario, check) -> 
     assert scenario.id in deviations[0].message()
 
 
+@pytest.mark.world
+@pytest.mark.ds2
 def test_bit_identity_sees_what_the_oracle_tolerance_cannot(run_scenario) -> None:
     """nudged_loss stays inside fp32 tolerance of the oracle, yet P1 (bytes equal to accumulate()) flags it."""
     scenario, baseline = _s("ds2", "kwarg", "uni4"), _s("ds2", "auto", "uni4")
