@@ -21,6 +21,12 @@ def _forward_loss(model: Any, scenario: Scenario, rank: int, index: int, trace: 
     return loss
 
 
+def _after_backward(accelerator: Any, model: Any, trace: Trace) -> None:
+    trace.sync_gradients.append(bool(accelerator.sync_gradients))
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    trace.grad_digests.append(float(sum(g.double().sum() for g in grads)) if grads else None)
+
+
 def _clip_step_zero(accelerator: Any, model: Any, optimizer: Any, scenario: Scenario) -> None:
     """The standard accelerate idiom: the optimizer wrapper skips step/zero_grad off-boundary."""
     if accelerator.sync_gradients and scenario.clip is not None:
@@ -37,7 +43,7 @@ def _auto(accelerator: Any, model: Any, optimizer: Any, scenario: Scenario, rank
             accelerator.backward(loss)
         else:  # accumulate() cannot follow other windows by itself: the explicit boundary takes precedence
             accelerator.backward(loss, is_final_micro_batch=is_final)
-        trace.sync_gradients.append(bool(accelerator.sync_gradients))
+        _after_backward(accelerator, model, trace)
         _clip_step_zero(accelerator, model, optimizer, scenario)
 
 
@@ -45,7 +51,7 @@ def _kwarg(accelerator: Any, model: Any, optimizer: Any, scenario: Scenario, ran
            is_final: bool, trace: Trace) -> None:
     loss = _forward_loss(model, scenario, rank, index, trace)
     accelerator.backward(loss, is_final_micro_batch=is_final)
-    trace.sync_gradients.append(bool(accelerator.sync_gradients))
+    _after_backward(accelerator, model, trace)
     _clip_step_zero(accelerator, model, optimizer, scenario)
 
 
@@ -54,7 +60,7 @@ def _set_boundary(accelerator: Any, model: Any, optimizer: Any, scenario: Scenar
     accelerator.set_deepspeed_gradient_accumulation_boundary(is_final)
     loss = _forward_loss(model, scenario, rank, index, trace)
     accelerator.backward(loss)
-    trace.sync_gradients.append(bool(accelerator.sync_gradients))
+    _after_backward(accelerator, model, trace)
     _clip_step_zero(accelerator, model, optimizer, scenario)
 
 
@@ -66,7 +72,7 @@ def _step_and_zero_grad(accelerator: Any, model: Any, optimizer: Any, scenario: 
             accelerator.backward(loss)
         else:
             accelerator.backward(loss, is_final_micro_batch=is_final)
-        trace.sync_gradients.append(bool(accelerator.sync_gradients))
+        _after_backward(accelerator, model, trace)
         # Called on every micro-batch on purpose: off-boundary it must do nothing and return None.
         trace.returned_norms.append(accelerator.optimizer_step_and_zero_grad(optimizer, model, scenario.clip))
 

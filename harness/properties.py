@@ -130,3 +130,32 @@ def compare_tensor_scalar_bits(got: float, want: float) -> str | None:
 
     return compare_tensor(torch.tensor(got, dtype=torch.float64), torch.tensor(want, dtype=torch.float64),
                           rtol=0, atol=0)
+
+
+P7 = "P7 communication"
+
+
+def promises_no_sync_off_boundary(scenario: Scenario) -> bool:
+    """Where a backend promises to skip the gradient all-reduce before the boundary: DDP with the boundary
+    known before forward (set_deepspeed_gradient_accumulation_boundary, or accumulate() on its own schedule)."""
+    if scenario.backend != "ddp":
+        return False
+    return scenario.api == "set_boundary" or (scenario.api in ("auto", "step_and_zero_grad") and scenario.is_uniform)
+
+
+def gradient_sync_follows_boundaries(scenario: Scenario, traces: Sequence[Trace]) -> list[Deviation]:
+    """Ranks train on different data, so their local gradients agree only after an all-reduce: they must
+    differ after every non-final micro-batch (no communication) and agree after every boundary."""
+    boundaries = set(scenario.boundaries)
+    deviations: list[Deviation] = []
+    first, others = traces[0], traces[1:]
+    for trace in others:
+        for index, (mine, theirs) in enumerate(zip(trace.grad_digests, first.grad_digests)):
+            synced = mine == theirs
+            if index in boundaries and not synced:
+                deviations.append(Deviation(scenario.id, P7, f"micro-batch {index} (boundary)", "gradients",
+                                            f"rank {trace.rank} Σgrad {mine!r} ≠ rank {first.rank} {theirs!r}: not all-reduced"))
+            elif index not in boundaries and synced:
+                deviations.append(Deviation(scenario.id, P7, f"micro-batch {index} (not a boundary)", "gradients",
+                                            f"ranks hold identical gradients (Σ {mine!r}): an all-reduce ran before the boundary"))
+    return deviations

@@ -25,6 +25,9 @@ class Trace:
     steps: list[StepRecord] = field(default_factory=list)
     returned_norms: list[float | None] = field(default_factory=list)  # per micro-batch, step_and_zero_grad only
     sync_gradients: list[bool] = field(default_factory=list)  # accelerator.sync_gradients after each backward
+    # Sum of all local .grad elements (float64) after each backward; None where gradients are partitioned
+    # (ZeRO). Ranks see different data, so equal digests across ranks mean the gradients were all-reduced.
+    grad_digests: list[float | None] = field(default_factory=list)
     engine_global_steps: int | None = None
     final_params: dict[str, torch.Tensor] = field(default_factory=dict)
     world: dict[str, Any] = field(default_factory=dict)

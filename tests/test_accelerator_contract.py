@@ -43,3 +43,20 @@ def test_patch_accelerate_swaps_and_restores(fresh_accelerate_state) -> None:
         assert not CHECKS["kwarg"](accelerate.Accelerator)
     assert accelerate.Accelerator is original
     assert accelerate.utils.deepspeed.DeepSpeedEngineWrapper is not BoundaryAwareDeepSpeedEngineWrapper
+
+
+def test_max_grad_norm_differing_from_deepspeed_clipping_warns_once(fresh_accelerate_state) -> None:
+    """DeepSpeed clips with its own gradient_clipping; a different max_grad_norm is named, once."""
+    import warnings
+
+    from reference_impl import BoundaryAwareDeepSpeedEngineWrapper
+    from tests.fakes import FakeEngine
+
+    accelerator = BoundaryAwareAccelerator(cpu=True)
+    accelerator.deepspeed_engine_wrapped = BoundaryAwareDeepSpeedEngineWrapper(FakeEngine(clipping=1.0))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for max_grad_norm in (2.0, 2.0, 1.0):
+            accelerator._warn_on_clip_mismatch(max_grad_norm)
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 1 and "max_grad_norm=2.0" in messages[0] and "gradient_clipping=1.0" in messages[0]

@@ -54,6 +54,10 @@ def _norms(s, traces):
     return properties.returned_norms(s, traces, oracle.expected(s))
 
 
+def _sync(s, traces):
+    return properties.gradient_sync_follows_boundaries(s, traces)
+
+
 WORLD_CATCHES = [  # (mutant, scenario, catching check)
     ("always_step", _s("ds2", "kwarg", "dyn3142"), _steps),
     ("always_step", _s("ds2", "kwarg", "dyn3142"), _oracle),
@@ -65,6 +69,7 @@ WORLD_CATCHES = [  # (mutant, scenario, catching check)
     ("post_clip_norm", _s("ds3", "step_and_zero_grad", "dyn3142"), _norms),
     ("no_zero_grad", _s("single", "step_and_zero_grad", "uni4"), _oracle),
     ("no_ddp_resync", _s("ddp", "auto", "dyn3142"), _oracle),
+    ("set_boundary_keeps_sync", _s("ddp", "set_boundary", "uni4"), _sync),
 ]
 
 

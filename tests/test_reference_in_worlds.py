@@ -21,6 +21,7 @@ def _scenario(backend: str, api: str, schedule: str, optimizer: str = "sgd") -> 
 SCENARIOS = [_scenario(b, a, s) for b in BACKENDS for s in SCHEDULES for a in API_STYLES]
 SCENARIOS += [_scenario(b, a, "dyn3142", "adamw") for b in BACKENDS for a in ("kwarg", "step_and_zero_grad")]
 NORM_SCENARIOS = [s for s in SCENARIOS if s.api == "step_and_zero_grad"]
+NO_SYNC_SCENARIOS = [s for s in SCENARIOS if properties.promises_no_sync_off_boundary(s)]
 UNIFORM_MANUAL = [s for s in SCENARIOS if s.schedule == "uni4" and s.api in MANUAL_API_STYLES]
 
 
@@ -58,6 +59,13 @@ def test_step_and_zero_grad_returns_the_pre_clip_norm(run_scenario, scenario: Sc
     """None off-boundary; at a boundary the oracle's global norm before clipping (ZeRO-0 included)."""
     traces = _traces(run_scenario, scenario)
     _assert_none(properties.returned_norms(scenario, traces, oracle.expected(scenario)))
+
+
+@pytest.mark.parametrize("scenario", NO_SYNC_SCENARIOS, ids=str)
+def test_ddp_skips_the_all_reduce_before_the_boundary(run_scenario, scenario: Scenario) -> None:
+    """With DDP and the boundary known before forward, non-final micro-batches do not all-reduce (the
+    seed's no_sync), and the boundary does: observed through the gradients themselves."""
+    _assert_none(properties.gradient_sync_follows_boundaries(scenario, _traces(run_scenario, scenario)))
 
 
 @pytest.mark.parametrize("scenario", UNIFORM_MANUAL, ids=str)
