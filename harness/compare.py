@@ -7,8 +7,22 @@ from dataclasses import dataclass
 
 import torch
 
-# fp32 against the float64 oracle: reduction order differs between backends (DESIGN §4, P2).
-TOLERANCES = {"fp32": (1e-5, 1e-6)}  # precision -> (rtol, atol)
+# Against the float64 oracle: reduction order differs between backends (DESIGN §4, P2). precision -> (rtol, atol).
+# bf16 (measured, MLP, ZeRO 0-3 and DDP): losses within 3e-3 relative, parameters within 1.7e-3 absolute.
+TOLERANCES = {"fp32": (1e-5, 1e-6), "bf16": (2e-2, 5e-3)}
+# AdamW normalises each element by its own gradient history, so in directions whose true gradient is zero
+# (GPT-2's attention key bias) fp32 round-off of ~1e-10 becomes an update of up to ~lr·1e-4 per step while the
+# float64 oracle stays put. Parameters under AdamW get an absolute floor of 1e-3 of the learning rate; the
+# gradients, where scaling bugs show (Adam is invariant to loss scale), keep the strict tolerance.
+ADAMW_PARAM_ATOL_PER_LR = 1e-3
+
+
+def tolerance(precision: str, optimizer: str, quantity: str, lr: float) -> tuple[float, float]:
+    """(rtol, atol) for comparing ``quantity`` ("param", "grad", "loss", "norm") against the oracle."""
+    rtol, atol = TOLERANCES[precision]
+    if quantity == "param" and optimizer == "adamw":
+        atol = max(atol, ADAMW_PARAM_ATOL_PER_LR * lr)
+    return rtol, atol
 
 
 @dataclass(frozen=True)

@@ -8,89 +8,110 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from .data import micro_batch
-from .models import loss_fn
+import torch
+
+from .data import cast, micro_batch
+from .models import forward_loss
 from .scenario import Scenario
 from .trace import StepRecorder, Trace
 
 
-def _forward_loss(model: Any, scenario: Scenario, rank: int, index: int, trace: Trace) -> Any:
-    inputs, targets = micro_batch(scenario.seed, rank, index, scenario.micro_batch_size)
-    loss = loss_fn(model(inputs), targets)
-    trace.losses.append(float(loss.detach()))
-    return loss
+class Run:
+    """What every loop needs for one micro-batch."""
 
+    def __init__(self, accelerator: Any, model: Any, optimizer: Any, scenario: Scenario, rank: int,
+                 trace: Trace) -> None:
+        self.accelerator, self.model, self.optimizer = accelerator, model, optimizer
+        self.scenario, self.rank, self.trace = scenario, rank, trace
 
-def _after_backward(accelerator: Any, model: Any, trace: Trace) -> None:
-    trace.sync_gradients.append(bool(accelerator.sync_gradients))
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    trace.grad_digests.append(float(sum(g.double().sum() for g in grads)) if grads else None)
+    def loss(self, index: int) -> torch.Tensor:
+        s = self.scenario
+        batch = micro_batch(s.model, s.seed, self.rank, index, s.micro_batch_size)
+        batch = {k: v.to(self.accelerator.device) for k, v in batch.items()}
+        if s.is_deepspeed and s.precision == "bf16":  # the engine casts the module, not the inputs
+            batch = cast(batch, torch.bfloat16)
+        loss = forward_loss(self.model, batch)
+        self.trace.losses.append(float(loss.detach().float()))
+        return loss
 
+    def after_backward(self) -> None:
+        self.trace.sync_gradients.append(bool(self.accelerator.sync_gradients))
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        self.trace.grad_digests.append(float(sum(g.double().sum() for g in grads)) if grads else None)
 
-def _clip_step_zero(accelerator: Any, model: Any, optimizer: Any, scenario: Scenario) -> None:
-    """The standard accelerate idiom: the optimizer wrapper skips step/zero_grad off-boundary."""
-    if accelerator.sync_gradients and scenario.clip is not None:
-        accelerator.clip_grad_norm_(model.parameters(), scenario.clip)
-    optimizer.step()
-    optimizer.zero_grad()
+    def clip_step_zero(self) -> None:
+        """The standard accelerate idiom: the optimizer wrapper skips step/zero_grad off-boundary."""
+        if self.accelerator.sync_gradients and self.scenario.clip is not None:
+            self.accelerator.clip_grad_norm_(self.model.parameters(), self.scenario.clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad()
 
-
-def _auto(accelerator: Any, model: Any, optimizer: Any, scenario: Scenario, rank: int, index: int,
-          is_final: bool, trace: Trace) -> None:
-    with accelerator.accumulate(model):
-        loss = _forward_loss(model, scenario, rank, index, trace)
-        if scenario.is_uniform:
-            accelerator.backward(loss)
-        else:  # accumulate() cannot follow other windows by itself: the explicit boundary takes precedence
-            accelerator.backward(loss, is_final_micro_batch=is_final)
-        _after_backward(accelerator, model, trace)
-        _clip_step_zero(accelerator, model, optimizer, scenario)
-
-
-def _kwarg(accelerator: Any, model: Any, optimizer: Any, scenario: Scenario, rank: int, index: int,
-           is_final: bool, trace: Trace) -> None:
-    loss = _forward_loss(model, scenario, rank, index, trace)
-    accelerator.backward(loss, is_final_micro_batch=is_final)
-    _after_backward(accelerator, model, trace)
-    _clip_step_zero(accelerator, model, optimizer, scenario)
-
-
-def _set_boundary(accelerator: Any, model: Any, optimizer: Any, scenario: Scenario, rank: int, index: int,
-                  is_final: bool, trace: Trace) -> None:
-    accelerator.set_deepspeed_gradient_accumulation_boundary(is_final)
-    loss = _forward_loss(model, scenario, rank, index, trace)
-    accelerator.backward(loss)
-    _after_backward(accelerator, model, trace)
-    _clip_step_zero(accelerator, model, optimizer, scenario)
-
-
-def _step_and_zero_grad(accelerator: Any, model: Any, optimizer: Any, scenario: Scenario, rank: int, index: int,
-                        is_final: bool, trace: Trace) -> None:
-    with accelerator.accumulate(model):
-        loss = _forward_loss(model, scenario, rank, index, trace)
-        if scenario.is_uniform:
-            accelerator.backward(loss)
+    def backward(self, loss: torch.Tensor, is_final: bool) -> None:
+        """accumulate()'s own boundaries on uniform schedules; otherwise the explicit boundary wins."""
+        if self.scenario.is_uniform:
+            self.accelerator.backward(loss)
         else:
-            accelerator.backward(loss, is_final_micro_batch=is_final)
-        _after_backward(accelerator, model, trace)
+            self.accelerator.backward(loss, is_final_micro_batch=is_final)
+
+
+def _auto(run: Run, index: int, is_final: bool) -> None:
+    with run.accelerator.accumulate(run.model):
+        run.backward(run.loss(index), is_final)
+        run.after_backward()
+        run.clip_step_zero()
+
+
+def _kwarg(run: Run, index: int, is_final: bool) -> None:
+    run.accelerator.backward(run.loss(index), is_final_micro_batch=is_final)
+    run.after_backward()
+    run.clip_step_zero()
+
+
+def _set_boundary(run: Run, index: int, is_final: bool) -> None:
+    run.accelerator.set_deepspeed_gradient_accumulation_boundary(is_final)
+    run.accelerator.backward(run.loss(index))
+    run.after_backward()
+    run.clip_step_zero()
+
+
+def _step_and_zero_grad(run: Run, index: int, is_final: bool) -> None:
+    with run.accelerator.accumulate(run.model):
+        run.backward(run.loss(index), is_final)
+        run.after_backward()
         # Called on every micro-batch on purpose: off-boundary it must do nothing and return None.
-        trace.returned_norms.append(accelerator.optimizer_step_and_zero_grad(optimizer, model, scenario.clip))
+        run.trace.returned_norms.append(
+            run.accelerator.optimizer_step_and_zero_grad(run.optimizer, run.model, run.scenario.clip))
 
 
-LOOPS: dict[str, Callable[..., None]] = {
+def _ds_native(run: Run, index: int, is_final: bool) -> None:
+    """The seed's "before" code on the raw engine: DeepSpeed's documented boundary idiom."""
+    engine = run.model
+    engine.set_gradient_accumulation_boundary(is_final)
+    engine.backward(run.loss(index))
+    engine.step()
+
+
+def _legacy(run: Run, index: int, is_final: bool) -> None:
+    """Code written for accelerate <= 1.7: the wrapper is called without a boundary and the engine's own
+    micro-step counter decides (uniform windows only)."""
+    run.accelerator.deepspeed_engine_wrapped.backward(run.loss(index))
+
+
+LOOPS: dict[str, Callable[[Run, int, bool], None]] = {
     "auto": _auto,
     "kwarg": _kwarg,
     "set_boundary": _set_boundary,
     "step_and_zero_grad": _step_and_zero_grad,
+    "ds_native": _ds_native,
+    "legacy": _legacy,
 }
 
 
-def train(accelerator: Any, model: Any, optimizer: Any, scenario: Scenario, rank: int, trace: Trace,
-          recorder: StepRecorder) -> None:
-    loop = LOOPS[scenario.api]
-    boundaries = set(scenario.boundaries)
-    for index in range(scenario.micro_batches):
+def train(run: Run, recorder: StepRecorder) -> None:
+    loop = LOOPS[run.scenario.api]
+    boundaries = set(run.scenario.boundaries)
+    for index in range(run.scenario.micro_batches):
         recorder.micro_step = index
-        loop(accelerator, model, optimizer, scenario, rank, index, index in boundaries, trace)
-    if scenario.api == "set_boundary":
-        accelerator.set_deepspeed_gradient_accumulation_boundary(None)
+        loop(run, index, index in boundaries)
+    if run.scenario.api == "set_boundary":
+        run.accelerator.set_deepspeed_gradient_accumulation_boundary(None)

@@ -1,9 +1,17 @@
-"""Seeded models built in code (never downloaded), identical in every rank and in the oracle."""
+"""Seeded models built in code (never downloaded), identical in every rank and in the oracle.
+
+``mlp``: a two-layer perceptron with an MSE loss. ``gpt2``: a tiny randomly initialised transformers GPT-2
+with tied input/output embeddings (what ZeRO-3 must gather correctly) and a token-level causal-LM loss on
+padded, variable-length sequences. Dropout is off: every rank and the oracle compute the same function.
+"""
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 
 IN_FEATURES, HIDDEN, OUT_FEATURES = 8, 16, 4
+GPT2_VOCAB, GPT2_POSITIONS, GPT2_EMBED, GPT2_LAYERS, GPT2_HEADS = 64, 16, 16, 2, 2
 
 
 class MLP(torch.nn.Module):
@@ -16,14 +24,27 @@ class MLP(torch.nn.Module):
         return self.fc2(torch.tanh(self.fc1(x)))
 
 
+def _tiny_gpt2() -> torch.nn.Module:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(vocab_size=GPT2_VOCAB, n_positions=GPT2_POSITIONS, n_embd=GPT2_EMBED, n_layer=GPT2_LAYERS,
+                        n_head=GPT2_HEADS, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                        tie_word_embeddings=True)
+    return GPT2LMHeadModel(config)
+
+
 def build_model(name: str, seed: int) -> torch.nn.Module:
     """Same seed, same bytes: the fork of the RNG keeps the caller's global RNG stream untouched."""
-    if name != "mlp":
-        raise ValueError(f"model {name!r}: expected 'mlp'")
+    builders = {"mlp": MLP, "gpt2": _tiny_gpt2}
+    if name not in builders:
+        raise ValueError(f"model {name!r}: expected one of {', '.join(builders)}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return MLP()
+        return builders[name]()
 
 
-def loss_fn(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    return torch.nn.functional.mse_loss(output, target)
+def forward_loss(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The micro-batch loss a user would backpropagate: MSE for the MLP, token-mean cross-entropy for GPT-2."""
+    if "inputs" in batch:
+        return torch.nn.functional.mse_loss(model(batch["inputs"]), batch["targets"])
+    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss

@@ -7,13 +7,15 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from .compare import TOLERANCES, Deviation, compare_scalar, compare_tensor, compare_tensors
+from .backends import LEARNING_RATES
+from .compare import TOLERANCES, Deviation, compare_scalar, compare_tensor, compare_tensors, tolerance
 from .oracle import OracleTrace
 from .scenario import Scenario
 from .trace import Trace
 
 P1 = "P1 manual≡automatic"
 P2 = "P2 backend≡oracle"
+P5 = "P5 dynamic schedule≡oracle"
 P4 = "P4 boundaries"
 P6 = "P6 grad norm"
 
@@ -52,23 +54,48 @@ def sync_gradients_follow_boundaries(scenario: Scenario, traces: Sequence[Trace]
 
 
 def matches_oracle(scenario: Scenario, traces: Sequence[Trace], oracle: OracleTrace) -> list[Deviation]:
-    """Losses per micro-batch and parameters after every step equal the float64 oracle within tolerance."""
-    rtol, atol = TOLERANCES[scenario.precision]
+    """Losses per micro-batch, pre-clip gradients before every step and parameters after it equal the
+    float64 oracle within the precision's tolerance (P2; P5 when the windows are not accumulate()'s own)."""
+    prop = P2 if scenario.is_uniform else P5
+    lr = LEARNING_RATES[scenario.optimizer]
+    tol = {q: tolerance(scenario.precision, scenario.optimizer, q, lr) for q in ("loss", "grad", "param")}
+    sid = scenario.id
     deviations: list[Deviation] = []
     total = len(oracle.steps)
     for trace in traces:
+        rank = f"rank {trace.rank}"
         for index, (got, want) in enumerate(zip(trace.losses, oracle.losses[trace.rank])):
-            deviations += compare_scalar(got, want, scenario=scenario.id, prop=P2, label="loss",
-                                         where=f"rank {trace.rank} · micro-batch {index}", rtol=rtol, atol=atol)
+            rtol, atol = tol["loss"]
+            deviations += compare_scalar(got, want, scenario=sid, prop=prop, label="loss",
+                                         where=f"{rank} · micro-batch {index}", rtol=rtol, atol=atol)
         if len(trace.steps) != total:
-            deviations += compare_tensors(trace.final_params, oracle.final_params, scenario=scenario.id, prop=P2,
-                                          where=f"rank {trace.rank} · final ({len(trace.steps)} steps, want {total})",
+            rtol, atol = tol["param"]
+            deviations += compare_tensors(trace.final_params, oracle.final_params, scenario=sid, prop=prop,
+                                          where=f"{rank} · final ({len(trace.steps)} steps, want {total})",
                                           label="param", rtol=rtol, atol=atol)
             continue
         for k, (step, want_step) in enumerate(zip(trace.steps, oracle.steps)):
-            deviations += compare_tensors(step.params, want_step.params, scenario=scenario.id, prop=P2,
-                                          where=f"rank {trace.rank} · {_step_label(k, total)}",
+            where = f"{rank} · {_step_label(k, total)}"
+            if step.grads:
+                rtol, atol = tol["grad"]
+                deviations += compare_tensors(step.grads, want_step.grads, scenario=sid, prop=prop, where=where,
+                                              label="grad", rtol=rtol, atol=atol)
+            rtol, atol = tol["param"]
+            deviations += compare_tensors(step.params, want_step.params, scenario=sid, prop=prop, where=where,
                                           label="param", rtol=rtol, atol=atol)
+    return deviations
+
+
+def engine_grad_norms(scenario: Scenario, traces: Sequence[Trace], oracle: OracleTrace) -> list[Deviation]:
+    """Where the engine reports a norm (ZeRO 1-3), it is the oracle's pre-clip norm at every step."""
+    rtol, atol = TOLERANCES[scenario.precision]
+    deviations: list[Deviation] = []
+    for trace in traces:
+        for k, (step, want) in enumerate(zip(trace.steps, oracle.steps)):
+            if step.engine_grad_norm is not None:
+                deviations += compare_scalar(step.engine_grad_norm, want.pre_clip_norm, scenario=scenario.id,
+                                             prop=P6, where=f"rank {trace.rank} · {_step_label(k, len(oracle.steps))}",
+                                             label="engine.get_global_grad_norm()", rtol=rtol, atol=atol)
     return deviations
 
 

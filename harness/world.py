@@ -30,13 +30,18 @@ _DISTRIBUTED_ENV = ("RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "WORLD_SIZE")
 
 @dataclass
 class JobResult:
-    """What every rank returned for one job: traces on success, tracebacks on error."""
+    """What every rank returned for one job: traces on success, tracebacks on error, or the reason the
+    target does not support the scenario's API."""
 
-    ok: bool
+    status: str  # "ok" | "unsupported" | "error"
     traces: list[Any] = field(default_factory=list)
     errors: dict[int, str] = field(default_factory=dict)
+    reason: str | None = None
     seconds: float = 0.0
-    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
 
 
 # --------------------------------------------------------------------------------------------- rank side
@@ -48,9 +53,13 @@ class _RankState:
         self.world_size = world_size
         self.timeout = timedelta(seconds=pg_timeout_s)
         self.launch_env = {name: os.environ[name] for name in _DISTRIBUTED_ENV if name in os.environ}
+        import torch
         import torch.nn.functional
 
         self.original_linear = torch.nn.functional.linear
+        # nccl where CUDA is there (GPU worlds), gloo on CPU; both go through the same jobs.
+        self.cuda = torch.cuda.is_available()
+        self.backend = "nccl" if self.cuda else "gloo"
         self.frozen_after: set[str] = set()
 
 
@@ -71,7 +80,7 @@ def reset_between_scenarios(state: _RankState, scenario: Scenario) -> None:
     #    autocast a later DDP scenario would differ from its fresh run.
     torch.nn.functional.linear = state.original_linear
     # 4. Each scenario chooses DeepSpeed or not through this variable, read when the state is created.
-    os.environ["ACCELERATE_USE_DEEPSPEED"] = "true" if scenario.zero_stage is not None else "false"
+    os.environ["ACCELERATE_USE_DEEPSPEED"] = "true" if scenario.is_deepspeed else "false"
     # 5. World size 1 inside the 2-rank world: hide the launch variables so accelerate sees a plain process;
     #    restore them otherwise, or a later 2-rank scenario would run as one process on each rank.
     for name in _DISTRIBUTED_ENV:
@@ -82,8 +91,8 @@ def reset_between_scenarios(state: _RankState, scenario: Scenario) -> None:
         os.environ.update(state.launch_env)
     # 6. Re-create PartialState with exactly the launch's arguments: re-created without a backend, accelerate
     #    decides "one process" on a CPU host and rank 1 silently trains on rank 0's data.
-    if scenario.zero_stage is not None:
-        PartialState(backend="gloo", timeout=state.timeout)
+    if scenario.is_deepspeed or state.cuda:
+        PartialState(backend=state.backend, timeout=state.timeout)
     else:
         PartialState(cpu=True, timeout=state.timeout)
 
@@ -105,8 +114,8 @@ def _rank_main(rank: int, world_size: int, port: int, conn: Any, pg_timeout_s: f
 
         from . import job
 
-        PartialState(backend="gloo", timeout=timedelta(seconds=pg_timeout_s))
         state = _RankState(rank, world_size, pg_timeout_s)
+        PartialState(backend=state.backend, timeout=state.timeout)
         conn.send_bytes(pickle.dumps(("ready", None)))
         while True:
             message = pickle.loads(conn.recv_bytes())
@@ -117,9 +126,9 @@ def _rank_main(rank: int, world_size: int, port: int, conn: Any, pg_timeout_s: f
                 conn.send_bytes(pickle.dumps(("idle", None)))
                 continue
             reset_between_scenarios(state, scenario)
-            trace = job.run(scenario, target, rank)
+            result = job.run(scenario, target, rank)
             os.environ.update(state.launch_env)
-            conn.send_bytes(pickle.dumps(("ok", trace)))
+            conn.send_bytes(pickle.dumps(("unsupported", result) if isinstance(result, str) else ("ok", result)))
             if scenario.backend not in state.frozen_after:
                 # The first scenario of a backend pays its lazy imports; freezing what survives it keeps
                 # DeepSpeed's own gc.collect() (ZeRO-3 build) from rescanning it: 0.4 s -> 0.06 s (warm-world.md).
@@ -231,12 +240,18 @@ class World:
             conn.send_bytes(pickle.dumps((scenario, target)))
         replies = self._collect(self.job_timeout_s)
         seconds = time.perf_counter() - started
-        errors = {rank: reply[1] for rank, reply in replies.items() if reply[0] not in ("ok", "idle")}
+        errors = {rank: reply[1] for rank, reply in replies.items() if reply[0] == "error"}
         if errors or len(replies) < self.world_size:
             self._kill()
-            return JobResult(ok=False, errors=errors, seconds=seconds)
+            return JobResult("error", errors=errors, seconds=seconds)
+        kinds = {replies[rank][0] for rank in range(scenario.world_size)}
+        if kinds == {"unsupported"}:
+            return JobResult("unsupported", reason=replies[0][1], seconds=seconds)
+        if kinds != {"ok"}:  # ranks disagree on the target's API: a broken target, not a conformance result
+            self._kill()
+            return JobResult("error", errors={r: f"{replies[r][0]}: {replies[r][1]}" for r in replies}, seconds=seconds)
         traces = [replies[rank][1] for rank in range(scenario.world_size)]
-        return JobResult(ok=True, traces=traces, seconds=seconds)
+        return JobResult("ok", traces=traces, seconds=seconds)
 
     def _collect(self, timeout_s: float) -> dict[int, tuple[str, Any]]:
         """Replies by rank until all are in, one rank fails (peers get a short grace), or the deadline."""

@@ -9,7 +9,10 @@ from __future__ import annotations
 import pytest
 
 from harness import oracle, properties
-from harness.scenario import API_STYLES, BACKENDS, MANUAL_API_STYLES, Scenario
+from harness.scenario import MANUAL_API_STYLES, Scenario
+
+BACKENDS = ("single", "ddp", "ds0", "ds1", "ds2", "ds3")
+API_STYLES = ("auto", "kwarg", "set_boundary", "step_and_zero_grad")
 
 SCHEDULES = ("uni4", "dyn3142", "forced4264")
 
