@@ -1,14 +1,51 @@
-"""``accumgate`` command line: ``env`` and ``list`` for now (``run``, ``report``, ``gate`` follow the
-harness engine). It orchestrates nothing itself; exit codes follow DESIGN §5 (0 ok, 2 usage error).
+"""``accumgate`` command line: ``run``, ``list``, ``env``. It parses, validates and prints; the runner does
+the work. Exit codes (DESIGN §5): 0 ok, 1 conformance failures, 2 usage error, 3 infrastructure error.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Sequence
 
 EXIT_OK, EXIT_FAILURES, EXIT_USAGE, EXIT_INFRA = 0, 1, 2, 3
+OUTCOME_STYLES = {"pass": "green", "xfail": "yellow", "fail": "bold red", "error": "bold magenta",
+                  "unsupported": "cyan", "xpass": "bold red"}
+
+
+class UsageError(Exception):
+    """One line for the user, exit 2."""
+
+
+def available_backends() -> tuple[str, ...]:
+    """FSDP needs a GPU under accelerate (cpu-deepspeed.md): off the list on CPU, said once by ``run``."""
+    import torch
+
+    from .scenario import BACKENDS
+
+    return BACKENDS if torch.cuda.is_available() else tuple(b for b in BACKENDS if b != "fsdp")
+
+
+def _scenarios(args: argparse.Namespace) -> list:
+    from . import scenario as scen
+
+    try:
+        chosen = scen.profile(args.profile, available_backends())
+        chosen = scen.select(chosen, args.k)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    except Exception as exc:  # pytest's ParseError for a bad -k expression
+        raise UsageError(f"-k {args.k!r}: {exc}") from exc
+    if getattr(args, "world_size", None):
+        chosen = [s for s in chosen if s.world_size == args.world_size]
+    return chosen
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    for scenario in _scenarios(args):
+        print(scenario.id)
+    return EXIT_OK
 
 
 def _cmd_env(args: argparse.Namespace) -> int:
@@ -18,30 +55,106 @@ def _cmd_env(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(caps, indent=2, sort_keys=True))
         return EXIT_OK
-    width = max(len(key) for key in caps)
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="accumgate env: installed stack and boundary capabilities")
+    table.add_column("capability")
+    table.add_column("value")
     for key, value in caps.items():
-        print(f"{key:<{width}}  {value}")
+        table.add_row(key, str(value))
+    Console().print(table)
     return EXIT_OK
 
 
-def _cmd_list(args: argparse.Namespace) -> int:
-    from .scenario import API_STYLES, BACKENDS, SCHEDULES, Scenario
+def _validate_run(args: argparse.Namespace) -> list:
+    from .results import ResultsError, check_writable
+    from .targets import TargetError, load_target, target_path
+    from .xfails import XfailsError, load
 
-    for backend in BACKENDS:
-        for schedule in SCHEDULES:
-            for api in API_STYLES:
-                print(Scenario(backend, api, schedule, world_size=1 if backend == "single" else 2).id)
-    return EXIT_OK
+    try:
+        target_path(args.target)
+        args.xfail_entries = load(args.xfails) if args.xfails else []
+        check_writable(Path(args.report_dir))
+        load_target(args.target)  # importable here, so a typo is a usage error, not N scenario errors
+    except (TargetError, XfailsError, ResultsError) as exc:
+        raise UsageError(str(exc)) from exc
+    if args.timeout <= 0:
+        raise UsageError(f"--timeout {args.timeout}: expected a positive number of seconds")
+    return _scenarios(args)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    scenarios = _validate_run(args)
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .results import write_all
+    from .runner import Runner
+    from .world import WorldStartError
+
+    console = Console(stderr=True)
+    if "fsdp" not in available_backends():
+        console.print("[dim]fsdp: not run here: accelerate enables FSDP only with a GPU[/dim]")
+    if not scenarios:
+        console.print("no scenario matches the selection")
+        return EXIT_USAGE
+    runner = Runner(args.target, xfails=args.xfail_entries, job_timeout_s=args.timeout,
+                    check_upstream=args.check_upstream)
+    selection = {"profile": args.profile, "k": args.k, "world_size": args.world_size, "xfails": args.xfails}
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TextColumn("{task.fields[last]}"), console=console, transient=False) as progress:
+        task = progress.add_task(f"accumgate [{args.target}]", total=len(scenarios), last="")
+
+        def on_outcome(outcome) -> None:
+            style = OUTCOME_STYLES.get(outcome.outcome, "")
+            if outcome.bad:
+                progress.console.print(f"[{style}]{outcome.outcome.upper():<11}[/] {outcome.scenario}")
+                first = outcome.deviations[0]["message"] if outcome.deviations else (outcome.reason or "")
+                if first:
+                    progress.console.print(f"            {first.splitlines()[0]}")
+            progress.update(task, advance=1, last=f"[{style}]{outcome.outcome}[/] {outcome.scenario}")
+
+        try:
+            results = runner.run(scenarios, on_outcome=on_outcome, selection=selection)
+        except WorldStartError as exc:
+            console.print(f"[bold red]infrastructure error:[/] {exc}")
+            return EXIT_INFRA
+    write_all(results, Path(args.report_dir))
+    counts = results.counts()
+    line = ", ".join(f"{n} {name}" for name, n in counts.items() if n)
+    console.print(f"{line} in {results.wall_seconds:.1f} s · reports in {args.report_dir}")
+    return EXIT_FAILURES if any(o.bad for o in results.outcomes) else EXIT_OK
+
+
+def _add_selection(parser: argparse.ArgumentParser) -> None:
+    from .scenario import PROFILES
+
+    parser.add_argument("--profile", default="quick", choices=PROFILES, help="scenario set (default: quick)")
+    parser.add_argument("-k", metavar="EXPR", default=None, help="select by id, pytest -k syntax: 'ds3 and not kwarg'")
+    parser.add_argument("--world-size", type=int, choices=(1, 2), default=None, help="only scenarios of this world size")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="accumgate", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="accumgate", description="Conformance harness for boundary-aware "
+                                     "gradient accumulation in accelerate + DeepSpeed.")
     commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run scenarios on a target and write reports")
+    _add_selection(run)
+    run.add_argument("--target", default="reference",
+                     help="reference (default), native (installed accelerate), or module:attribute")
+    run.add_argument("--xfails", default=None, metavar="FILE", help="known failures: '<id glob> <reason>' per line")
+    run.add_argument("--report-dir", default="reports", metavar="DIR", help="where results.json, junit.xml, summary.md go")
+    run.add_argument("--timeout", type=float, default=120.0, metavar="S", help="per-scenario timeout (default 120 s)")
+    run.add_argument("--check-upstream", action="store_true",
+                     help="P3: also run auto/legacy scenarios on upstream accelerate and require the same bytes")
+    run.set_defaults(func=_cmd_run)
+    listing = commands.add_parser("list", help="print scenario ids")
+    _add_selection(listing)
+    listing.set_defaults(func=_cmd_list)
     env = commands.add_parser("env", help="versions and boundary capabilities of the installed stack")
     env.add_argument("--json", action="store_true", help="machine-readable output")
     env.set_defaults(func=_cmd_env)
-    listing = commands.add_parser("list", help="scenario ids")
-    listing.set_defaults(func=_cmd_list)
     return parser
 
 
@@ -49,9 +162,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-    except SystemExit as exc:  # argparse exits 2 on usage errors already; keep its code
+    except SystemExit as exc:  # argparse already printed its one-line usage error
         return int(exc.code or 0)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except UsageError as exc:
+        print(f"accumgate: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":

@@ -92,9 +92,11 @@ def _ds_native(run: Run, index: int, is_final: bool) -> None:
 
 
 def _legacy(run: Run, index: int, is_final: bool) -> None:
-    """Code written for accelerate <= 1.7: the wrapper is called without a boundary and the engine's own
-    micro-step counter decides (uniform windows only)."""
-    run.accelerator.deepspeed_engine_wrapped.backward(run.loss(index))
+    """Code written for accelerate <= 1.7 on DeepSpeed: plain ``backward(loss)`` outside ``accumulate()``,
+    the engine's own micro-step counter was trusted to accumulate (uniform windows only)."""
+    run.accelerator.backward(run.loss(index))
+    run.optimizer.step()
+    run.optimizer.zero_grad()
 
 
 LOOPS: dict[str, Callable[[Run, int, bool], None]] = {

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import torch
+
 from .backends import LEARNING_RATES
 from .compare import TOLERANCES, Deviation, compare_scalar, compare_tensor, compare_tensors, tolerance
 from .oracle import OracleTrace
@@ -14,6 +16,7 @@ from .scenario import Scenario
 from .trace import Trace
 
 P1 = "P1 manual≡automatic"
+P3 = "P3 backward compatibility"
 P2 = "P2 backend≡oracle"
 P5 = "P5 dynamic schedule≡oracle"
 P4 = "P4 boundaries"
@@ -133,30 +136,34 @@ def returned_norms(scenario: Scenario, traces: Sequence[Trace], oracle: OracleTr
 
 
 def bit_identical(scenario: Scenario, traces: Sequence[Trace], baseline: Scenario,
-                  baseline_traces: Sequence[Trace]) -> list[Deviation]:
-    """Same backend and schedule, another API style: the same bytes, step by step."""
+                  baseline_traces: Sequence[Trace], prop: str = P1, baseline_label: str | None = None,
+                  rtol: float = 0.0, atol: float = 0.0) -> list[Deviation]:
+    """Same backend and schedule, another API style (P1) or another target (P3): the same bytes, step by step."""
     deviations: list[Deviation] = []
     for trace, base in zip(traces, baseline_traces):
-        where = f"rank {trace.rank} vs {baseline.id}"
+        where = f"rank {trace.rank} vs {baseline_label or baseline.id}"
         if len(trace.steps) != len(base.steps):
-            deviations.append(Deviation(scenario.id, P1, where, "optimizer steps",
+            deviations.append(Deviation(scenario.id, prop, where, "optimizer steps",
                                         f"{len(trace.steps)} steps vs {len(base.steps)}"))
         for k, (step, base_step) in enumerate(zip(trace.steps, base.steps)):
-            deviations += compare_tensors(step.params, base_step.params, scenario=scenario.id, prop=P1,
+            deviations += compare_tensors(step.params, base_step.params, scenario=scenario.id, prop=prop,
                                           where=f"{where} · {_step_label(k, len(base.steps))}", label="param",
-                                          rtol=0, atol=0)
+                                          rtol=rtol, atol=atol)
         for index, (got, want) in enumerate(zip(trace.losses, base.losses)):
-            detail = compare_tensor_scalar_bits(got, want)
+            detail = compare_tensor(torch.tensor(got, dtype=torch.float64), torch.tensor(want, dtype=torch.float64),
+                                    rtol=rtol, atol=atol)
             if detail:
-                deviations.append(Deviation(scenario.id, P1, f"{where} · micro-batch {index}", "loss", detail))
+                deviations.append(Deviation(scenario.id, prop, f"{where} · micro-batch {index}", "loss", detail))
     return deviations
 
 
-def compare_tensor_scalar_bits(got: float, want: float) -> str | None:
-    import torch
-
-    return compare_tensor(torch.tensor(got, dtype=torch.float64), torch.tensor(want, dtype=torch.float64),
-                          rtol=0, atol=0)
+def close_to_baseline(scenario: Scenario, traces: Sequence[Trace], baseline: Scenario,
+                      baseline_traces: Sequence[Trace]) -> list[Deviation]:
+    """P1 for DDP with ``is_final_micro_batch`` alone: DDP decides at *forward* whether a micro-batch
+    all-reduces and the keyword arrives at backward, so every micro-batch is reduced (a sum of means, not a
+    mean of sums): the same mathematics in another rounding order, held to the precision's tolerance."""
+    rtol, atol = TOLERANCES[scenario.precision]
+    return bit_identical(scenario, traces, baseline, baseline_traces, rtol=rtol, atol=atol)
 
 
 P7 = "P7 communication"
@@ -186,3 +193,33 @@ def gradient_sync_follows_boundaries(scenario: Scenario, traces: Sequence[Trace]
                 deviations.append(Deviation(scenario.id, P7, f"micro-batch {index} (not a boundary)", "gradients",
                                             f"ranks hold identical gradients (Σ {mine!r}): an all-reduce ran before the boundary"))
     return deviations
+
+
+def oracle_errors(scenario: Scenario, traces: Sequence[Trace], oracle: OracleTrace) -> dict[str, float]:
+    """Worst absolute error against the oracle per quantity, measured even when within tolerance: the
+    regression gate watches these numbers grow."""
+    worst = {"loss_max_abs": 0.0, "grad_max_abs": 0.0, "param_max_abs": 0.0}
+    for trace in traces:
+        for got, want in zip(trace.losses, oracle.losses[trace.rank]):
+            worst["loss_max_abs"] = max(worst["loss_max_abs"], abs(got - want))
+        for step, want_step in zip(trace.steps, oracle.steps):
+            for quantity, got_tensors, want_tensors in (("grad", step.grads, want_step.grads),
+                                                        ("param", step.params, want_step.params)):
+                for name, got in got_tensors.items():
+                    if name in want_tensors and got.shape == want_tensors[name].shape:
+                        err = float((got.double() - want_tensors[name]).abs().max())
+                        worst[f"{quantity}_max_abs"] = max(worst[f"{quantity}_max_abs"], err)
+    return worst
+
+
+def curves(traces: Sequence[Trace], oracle: OracleTrace) -> dict[str, list[float | None]]:
+    """What reports plot: rank 0's losses and step norms beside the oracle's."""
+    trace = traces[0]
+    returned = [n for n in trace.returned_norms if n is not None]
+    engine = [s.engine_grad_norm for s in trace.steps]
+    return {
+        "loss": list(trace.losses),
+        "oracle_loss": list(oracle.losses[0]),
+        "grad_norm": returned or engine,
+        "oracle_grad_norm": [s.pre_clip_norm for s in oracle.steps],
+    }
