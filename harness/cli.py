@@ -49,9 +49,12 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_env(args: argparse.Namespace) -> int:
+    import contextlib
+
     from reference_impl.compat import capabilities
 
-    caps = capabilities()
+    with contextlib.redirect_stdout(sys.stderr):  # DeepSpeed logs to stdout on import; keep stdout for the table
+        caps = capabilities()
     if args.json:
         print(json.dumps(caps, indent=2, sort_keys=True))
         return EXIT_OK

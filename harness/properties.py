@@ -10,7 +10,7 @@ from typing import Sequence
 import torch
 
 from .backends import LEARNING_RATES
-from .compare import TOLERANCES, Deviation, compare_scalar, compare_tensor, compare_tensors, tolerance
+from .compare import TENSOR_SCALED, TOLERANCES, Deviation, compare_scalar, compare_tensor, compare_tensors, tolerance
 from .oracle import OracleTrace
 from .scenario import Scenario
 from .trace import Trace
@@ -56,36 +56,76 @@ def sync_gradients_follow_boundaries(scenario: Scenario, traces: Sequence[Trace]
     return deviations
 
 
+# Relative gradient size (against the tensor's largest) below which an fp32 gradient is round-off of an exact
+# zero in the float64 oracle.
+GRADIENT_NOISE_FLOOR = 1e-9
+# bf16 under AdamW: Adam's per-element update is bounded by about lr, and in bf16 round-off decides the sign of
+# every small gradient, so two correct trajectories drift apart by up to ~2·lr per step (measured on GPT-2:
+# 0.5-2 lr). Parameters there are held to that bound at the first boundary, where both runs start from the
+# same weights; after it the gradients are taken at already-different weights, so only losses (bf16 tolerance),
+# step counts and norms are compared. Every other combination is compared in full at every step.
+BF16_ADAMW_PARAM_ATOL_PER_STEP_LR = 2.0
+
+
+def compared_in_full(scenario: Scenario, step_index: int) -> bool:
+    return step_index == 0 or not (scenario.optimizer == "adamw" and scenario.precision == "bf16")
+
+
+def _undetermined_elements(scenario: Scenario, oracle: OracleTrace) -> list[dict[str, torch.Tensor] | None]:
+    """Per step, the elements whose true gradient has been below the precision's noise floor at some step so
+    far. AdamW divides each element by its own gradient history, so there round-off decides the sign of an
+    lr-sized update (GPT-2's attention key bias, whose true gradient is exactly zero; small bf16 gradients):
+    no signal, only noise, carried forward in Adam's moments. Those elements are left out of the *parameter*
+    comparison under AdamW, and said in the message; gradients and losses are compared everywhere."""
+    if scenario.optimizer != "adamw" or scenario.precision != "fp32":
+        return [None] * len(oracle.steps)
+    floor = GRADIENT_NOISE_FLOOR
+    masks, running = [], {}
+    for step in oracle.steps:
+        for name, grad in step.grads.items():
+            small = grad.abs() <= floor * grad.abs().max()
+            running[name] = small if name not in running else (running[name] | small)
+        masks.append(dict(running))
+    return masks
+
+
+def _param_atol(scenario: Scenario, atol: float, step_index: int) -> float:
+    if scenario.optimizer == "adamw" and scenario.precision == "bf16":
+        return max(atol, BF16_ADAMW_PARAM_ATOL_PER_STEP_LR * LEARNING_RATES["adamw"] * (step_index + 1))
+    return atol
+
+
 def matches_oracle(scenario: Scenario, traces: Sequence[Trace], oracle: OracleTrace) -> list[Deviation]:
     """Losses per micro-batch, pre-clip gradients before every step and parameters after it equal the
     float64 oracle within the precision's tolerance (P2; P5 when the windows are not accumulate()'s own)."""
     prop = P2 if scenario.is_uniform else P5
-    lr = LEARNING_RATES[scenario.optimizer]
-    tol = {q: tolerance(scenario.precision, scenario.optimizer, q, lr) for q in ("loss", "grad", "param")}
+    rtol, atol = tolerance(scenario.precision)
+    scaled = TENSOR_SCALED[scenario.precision]
+    masks = _undetermined_elements(scenario, oracle)
     sid = scenario.id
     deviations: list[Deviation] = []
     total = len(oracle.steps)
     for trace in traces:
         rank = f"rank {trace.rank}"
         for index, (got, want) in enumerate(zip(trace.losses, oracle.losses[trace.rank])):
-            rtol, atol = tol["loss"]
             deviations += compare_scalar(got, want, scenario=sid, prop=prop, label="loss",
                                          where=f"{rank} · micro-batch {index}", rtol=rtol, atol=atol)
         if len(trace.steps) != total:
-            rtol, atol = tol["param"]
             deviations += compare_tensors(trace.final_params, oracle.final_params, scenario=sid, prop=prop,
                                           where=f"{rank} · final ({len(trace.steps)} steps, want {total})",
-                                          label="param", rtol=rtol, atol=atol)
+                                          label="param", rtol=rtol, atol=atol, tensor_scaled=scaled,
+                                          ignore=masks[-1])
             continue
         for k, (step, want_step) in enumerate(zip(trace.steps, oracle.steps)):
+            if not compared_in_full(scenario, k):
+                break
             where = f"{rank} · {_step_label(k, total)}"
             if step.grads:
-                rtol, atol = tol["grad"]
                 deviations += compare_tensors(step.grads, want_step.grads, scenario=sid, prop=prop, where=where,
-                                              label="grad", rtol=rtol, atol=atol)
-            rtol, atol = tol["param"]
+                                              label="grad", rtol=rtol, atol=atol, tensor_scaled=scaled)
             deviations += compare_tensors(step.params, want_step.params, scenario=sid, prop=prop, where=where,
-                                          label="param", rtol=rtol, atol=atol)
+                                          label="param", rtol=rtol, atol=_param_atol(scenario, atol, k),
+                                          tensor_scaled=scaled, ignore=masks[k])
     return deviations
 
 
@@ -95,6 +135,8 @@ def engine_grad_norms(scenario: Scenario, traces: Sequence[Trace], oracle: Oracl
     deviations: list[Deviation] = []
     for trace in traces:
         for k, (step, want) in enumerate(zip(trace.steps, oracle.steps)):
+            if not compared_in_full(scenario, k):
+                break
             if step.engine_grad_norm is not None:
                 deviations += compare_scalar(step.engine_grad_norm, want.pre_clip_norm, scenario=scenario.id,
                                              prop=P6, where=f"rank {trace.rank} · {_step_label(k, len(oracle.steps))}",
@@ -126,6 +168,11 @@ def returned_norms(scenario: Scenario, traces: Sequence[Trace], oracle: OracleTr
         for index, got in enumerate(trace.returned_norms):
             if index in boundaries:
                 k = boundaries.index(index)
+                if not compared_in_full(scenario, k):
+                    if got is None:
+                        deviations.append(Deviation(scenario.id, P6, f"rank {trace.rank} · {_step_label(k, len(boundaries))}",
+                                                    "optimizer_step_and_zero_grad()", "returned None at a boundary"))
+                    continue
                 want: float | None = oracle.steps[k].pre_clip_norm
                 where = f"rank {trace.rank} · {_step_label(k, len(boundaries))}"
             else:

@@ -85,8 +85,8 @@ def reset_between_scenarios(state: _RankState, scenario: Scenario) -> None:
     #    restore them otherwise, or a later 2-rank scenario would run as one process on each rank.
     for name in _DISTRIBUTED_ENV:
         os.environ.pop(name, None)
-    if scenario.world_size == 1:
-        os.environ["WORLD_SIZE"] = "1"
+    if scenario.world_size < state.world_size:
+        os.environ["WORLD_SIZE"] = str(scenario.world_size)
     else:
         os.environ.update(state.launch_env)
     # 6. Re-create PartialState with exactly the launch's arguments: re-created without a backend, accelerate

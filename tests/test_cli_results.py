@@ -1,0 +1,102 @@
+"""The command line's contract (exit codes, one-line errors) and the report files (atomic, valid, loadable)."""
+from __future__ import annotations
+
+import json
+import os
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from harness import cli, results, xfails
+from harness.results import Outcome, ResultsError, RunResults
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["run", "--target", "nope"], "expected 'module:attribute'"),
+    (["run", "--target", "no_such_module:Accelerator"], "cannot import"),
+    (["run", "--target", "reference_impl:Nope"], "has no attribute"),
+    (["run", "--profile", "quick", "-k", "ds3 and ("], "-k"),
+])
+def test_usage_errors_are_one_line_and_exit_2(argv, message, capsys) -> None:
+    assert cli.main(argv) == cli.EXIT_USAGE
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+
+
+def test_malformed_xfails_and_unwritable_report_dir_exit_2(tmp_path, capsys) -> None:
+    bad = tmp_path / "xfails.txt"
+    bad.write_text("ds3-*\n")
+    assert cli.main(["run", "--xfails", str(bad)]) == cli.EXIT_USAGE
+    assert f"{bad}:1" in capsys.readouterr().err
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert cli.main(["run", "--report-dir", str(blocker / "sub")]) == cli.EXIT_USAGE
+    assert "not writable" in capsys.readouterr().err
+
+
+def test_list_selects_with_k(capsys) -> None:
+    assert cli.main(["list", "--profile", "quick", "-k", "ds3 and uni4 and kwarg"]) == 0
+    assert capsys.readouterr().out.split() == ["ds3-kwarg-uni4-sgd-fp32-clip1-w2"]
+
+
+def test_env_prints_capabilities_as_json(capsys) -> None:
+    assert cli.main(["env", "--json"]) == 0
+    caps = json.loads(capsys.readouterr().out)
+    assert caps["accelerate"] and "engine_boundary_api" in caps
+
+
+def test_xfails_parse_and_match() -> None:
+    entries = xfails.parse("# c\n\nds1-*-bf16-*   deepspeed#7985: dropped gradient\n")
+    assert xfails.match(entries, "ds1-kwarg-uni4-sgd-bf16-clip1-w2").reason == "deepspeed#7985: dropped gradient"
+    assert xfails.match(entries, "ds2-kwarg-uni4-sgd-bf16-clip1-w2") is None
+
+
+def _results() -> RunResults:
+    return RunResults(target="reference", wall_seconds=1.5, outcomes=[
+        Outcome("ds3-a", "pass", 0.1, axes={"backend": "ds3"}),
+        Outcome("ds3-b", "fail", 0.2, axes={"backend": "ds3"},
+                deviations=[{"prop": "P2", "where": "w", "tensor": "t", "message": "ds3-b · P2 · w · t\n  max |Δ| = 1"}]),
+        Outcome("ddp-c", "error", 0.3, axes={"backend": "ddp"}, errors={"1": "Traceback\nRuntimeError: boom"}),
+        Outcome("ddp-d", "unsupported", reason="no is_final_micro_batch"),
+        Outcome("ddp-e", "xfail", reason="bug #1"),
+        Outcome("ddp-f", "xpass", reason="bug #2"),
+    ])
+
+
+def test_reports_round_trip_and_junit_is_valid(tmp_path) -> None:
+    results.write_all(_results(), tmp_path)
+    loaded = results.load(tmp_path / "results.json")
+    assert [o.outcome for o in loaded.outcomes] == ["pass", "fail", "error", "unsupported", "xfail", "xpass"]
+    suite = ET.parse(tmp_path / "junit.xml").getroot()
+    assert suite.tag == "testsuite" and suite.get("tests") == "6"
+    assert (suite.get("failures"), suite.get("errors"), suite.get("skipped")) == ("3", "1", "1")
+    assert "ds3-b" in (tmp_path / "summary.md").read_text()
+
+
+@pytest.mark.parametrize("content, message", [
+    ("{not json", "not valid JSON"),
+    ('{"schema": "other"}', "not an accumgate results file"),
+    ('{"schema": "accumgate.results", "version": 99}', "schema version 99"),
+    ('{"schema": "accumgate.results", "version": 1, "target": "x", "scenarios": [{"scenario": "a", "outcome": "meh"}]}',
+     "unknown outcome"),
+])
+def test_corrupt_or_foreign_results_give_a_clear_error(tmp_path, content, message) -> None:
+    path = tmp_path / "results.json"
+    path.write_text(content)
+    with pytest.raises(ResultsError, match=message):
+        results.load(path)
+
+
+def test_interrupted_write_leaves_the_old_file_intact(tmp_path, monkeypatch) -> None:
+    path = tmp_path / "summary.md"
+    path.write_text("old")
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        results.write_atomic(path, "new")
+    assert path.read_text() == "old"
+    assert [p.name for p in Path(tmp_path).iterdir()] == ["summary.md"]

@@ -1,0 +1,94 @@
+"""The warm world itself: bit-identical to fresh launches in any order, and robust to failing targets."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from harness import oracle, properties
+from harness.runner import Runner, WorldPool
+from harness.scenario import Scenario
+from harness.world import World
+from harness.xfails import parse
+
+pytestmark = [pytest.mark.world, pytest.mark.harness]
+
+BACKEND_SCENARIOS = [
+    Scenario("single", "kwarg", "dyn3142", world_size=1),
+    Scenario("ddp", "set_boundary", "dyn3142"),
+    Scenario("ds0", "kwarg", "dyn3142", optimizer="adamw"),
+    Scenario("ds1", "step_and_zero_grad", "dyn3142"),
+    Scenario("ds2", "kwarg", "dyn3142"),
+    Scenario("ds3", "kwarg", "dyn3142", model="gpt2"),
+    Scenario("ds2off", "set_boundary", "forced4264", optimizer="adamw"),
+]
+
+
+def _fingerprint(traces) -> list:
+    """Everything a trace holds that training produced, as bytes."""
+    out = []
+    for trace in traces:
+        out.append(("losses", trace.losses))
+        for step in trace.steps:
+            out.append((step.micro_step, {k: v.numpy().tobytes() for k, v in step.params.items()},
+                        {k: v.numpy().tobytes() for k, v in step.grads.items()}, step.engine_grad_norm))
+        out.append(("returned", trace.returned_norms))
+    return out
+
+
+def test_warm_world_equals_fresh_launches_in_any_order() -> None:
+    """Each backend's scenario, run in a warm world after every other backend (two orders), gives the same
+    bytes (losses, gradients, parameters, norms) as the same scenario alone in a freshly started world."""
+    fresh = {}
+    for scenario in BACKEND_SCENARIOS:
+        with World(world_size=2) as world:
+            world.start()
+            result = world.run(scenario, "reference")
+            assert result.ok, result.errors
+            fresh[scenario] = _fingerprint(result.traces)
+    with World(world_size=2) as world:
+        world.start()
+        for order in (BACKEND_SCENARIOS, BACKEND_SCENARIOS[::-1]):
+            for scenario in order:
+                result = world.run(scenario, "reference")
+                assert result.ok, result.errors
+                assert _fingerprint(result.traces) == fresh[scenario], f"{scenario.id}: warm run differs from fresh"
+        assert world.starts == 1
+
+
+@pytest.mark.parametrize(("fault", "expect"), [
+    ("Raises", "injected fault on rank 1"),
+    ("Hangs", "gave no result within"),
+    ("Dies", "died"),
+])
+def test_a_failing_rank_costs_one_scenario(fault: str, expect: str) -> None:
+    timeout = 20.0
+    scenario = Scenario("ds2", "kwarg", "dyn3142")
+    with World(world_size=2, job_timeout_s=timeout) as world:
+        world.start()
+        started = time.monotonic()
+        result = world.run(scenario, f"tests.faulty:{fault}")
+        elapsed = time.monotonic() - started
+        assert result.status == "error"
+        assert expect in result.errors.get(1, ""), result.errors
+        assert 0 in result.errors, "rank 0's side of the story is missing"
+        assert elapsed < timeout + 10, f"took {elapsed:.1f} s with a {timeout} s timeout"
+        if fault == "Hangs":
+            assert "faulty.py" in result.errors[1], "the hung rank's stack should show where it hangs"
+        after = world.run(scenario, "reference")
+        assert after.ok, after.errors
+        assert not properties.matches_oracle(scenario, after.traces, oracle.expected(scenario))
+        assert world.starts == 2
+
+
+def test_unexpected_pass_fails_the_run_and_expected_failure_does_not() -> None:
+    scenarios = [Scenario("ds1", "kwarg", "uni4"), Scenario("ds1", "kwarg", "dyn3142", model="mlp")]
+    xfails = parse("ds1-kwarg-uni4-*  pretend-bug #1\n")
+    results = Runner("reference", xfails=xfails, pool=WorldPool()).run(scenarios)
+    outcomes = {o.scenario: o for o in results.outcomes}
+    assert outcomes["ds1-kwarg-uni4-sgd-fp32-clip1-w2"].outcome == "xpass"
+    assert outcomes["ds1-kwarg-uni4-sgd-fp32-clip1-w2"].bad
+    assert outcomes["ds1-kwarg-dyn3142-sgd-fp32-clip1-w2"].outcome == "pass"
+    mutant = Runner("tests.mutants.always_step:Accelerator", xfails=parse("*  the mutant steps every time\n"),
+                    pool=WorldPool()).run(scenarios[:1])
+    assert [o.outcome for o in mutant.outcomes] == ["xfail"]
