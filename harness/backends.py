@@ -57,13 +57,15 @@ def expected_distributed_type(scenario: Scenario) -> str:
     return "NO"
 
 
-def build(scenario: Scenario, accelerator_cls: Any) -> tuple[Any, Any, Any]:
+def build(scenario: Scenario, accelerator_cls: Any,
+          config_overrides: dict[str, Any] | None = None) -> tuple[Any, Any, Any]:
     """(accelerator, prepared model, prepared optimizer)."""
     if scenario.is_deepspeed:
         from accelerate.utils import DeepSpeedPlugin
 
+        config = deepspeed_config(scenario) | (config_overrides or {})
         accelerator = accelerator_cls(
-            deepspeed_plugin=DeepSpeedPlugin(hf_ds_config=deepspeed_config(scenario)),
+            deepspeed_plugin=DeepSpeedPlugin(hf_ds_config=config),
             gradient_accumulation_steps=scenario.configured_g,
         )
     elif scenario.backend == "fsdp":

@@ -5,9 +5,10 @@ train in a world other than the one the scenario asked for (warm-world.md: a wro
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 import warnings
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -84,15 +85,37 @@ def _learning_rate(optimizer: Any) -> float | None:
     return float(groups[0]["lr"]) if groups else None
 
 
-def run(scenario: Scenario, target: str, rank: int) -> Trace | str:
-    """The trace, or the reason the target does not support this scenario's API."""
+@contextlib.contextmanager
+def _engine_without_boundary_api(active: bool) -> Iterator[None]:
+    """Emulate a DeepSpeed (or fork) without ``set_gradient_accumulation_boundary`` (added in 0.5.8, #1588) for
+    one job, so the target's fallback is exercised on a real engine; the class attribute is restored after."""
+    if not active:
+        yield
+        return
+    from deepspeed.runtime.engine import DeepSpeedEngine
+
+    original = DeepSpeedEngine.__dict__["set_gradient_accumulation_boundary"]
+    DeepSpeedEngine.set_gradient_accumulation_boundary = None
+    try:
+        yield
+    finally:
+        DeepSpeedEngine.set_gradient_accumulation_boundary = original
+
+
+def run(scenario: Scenario, target: str, rank: int, count_collectives: bool = False,
+        config_overrides: dict[str, Any] | None = None, without_engine_boundary_api: bool = False) -> Trace | str:
+    """The trace, or the reason the target does not support this scenario's API.
+
+    ``config_overrides`` are merged into the DeepSpeed config and ``without_engine_boundary_api`` hides the
+    engine's boundary API: probes of the fallbacks (P9), never used by ordinary scenarios.
+    """
     accelerator_cls = load_target(target)
     missing = missing_api(accelerator_cls, scenario)
     if missing:
         return missing
-    with warnings.catch_warnings(record=True) as caught:
+    with warnings.catch_warnings(record=True) as caught, _engine_without_boundary_api(without_engine_boundary_api):
         warnings.simplefilter("always")
-        accelerator, model, optimizer = backends.build(scenario, accelerator_cls)
+        accelerator, model, optimizer = backends.build(scenario, accelerator_cls, config_overrides)
         trace = Trace(rank=rank, world=check_world(accelerator, scenario, rank))
         recorder = StepRecorder(trace, params=lambda: full_parameters(accelerator, model, scenario),
                                 grads=lambda: full_gradients(accelerator, model, scenario),
@@ -103,11 +126,16 @@ def run(scenario: Scenario, target: str, rank: int) -> Trace | str:
             recorder.wrap_clip(accelerator)
             recorder.wrap_optimizer_step(optimizer.optimizer)
         try:
-            loops.train(loops.Run(accelerator, model, optimizer, scenario, rank, trace), recorder)
+            loops.train(loops.Run(accelerator, model, optimizer, scenario, rank, trace), recorder,
+                        count_collectives=count_collectives and scenario.world_size > 1)
             if scenario.is_deepspeed:
                 trace.engine_global_steps = model.global_steps
                 trace.engine_micro_steps = model.micro_steps
             trace.final_params = full_parameters(accelerator, model, scenario)
+            # On .grad only: ZeRO 1-3 keep gradients in their own partitions, which safe_get_full_grad refuses
+            # (ZeRO 1/2) or returns stale (ZeRO-3, offload) after a step; a leak there shows in the next step (P2).
+            leftover = [p.grad for _, p in _named_parameters(accelerator, model) if p.grad is not None]
+            trace.leftover_grad_abs_sum = float(sum(g.double().abs().sum() for g in leftover)) if leftover else None
         finally:
             accelerator.free_memory()  # engine.destroy(): removes DeepSpeed's hooks before the next scenario
     trace.warnings = sorted({f"{w.category.__name__}: {w.message}" for w in caught

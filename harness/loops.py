@@ -109,11 +109,27 @@ LOOPS: dict[str, Callable[[Run, int, bool], None]] = {
 }
 
 
-def train(run: Run, recorder: StepRecorder) -> None:
+def _count_collectives(profile: Any) -> dict[str, int]:
+    """Collectives as the process group ran them (``gloo:all_reduce``, ``nccl:reduce_scatter``...): seen by the
+    profiler whether issued from Python (DeepSpeed) or from C++ (DDP's reducer)."""
+    counts: dict[str, int] = {}
+    for event in profile.events():
+        backend, _, kind = event.name.partition(":")
+        if backend in ("gloo", "nccl") and kind:
+            counts[kind] = counts.get(kind, 0) + 1
+    return counts
+
+
+def train(run: Run, recorder: StepRecorder, count_collectives: bool = False) -> None:
     loop = LOOPS[run.scenario.api]
     boundaries = set(run.scenario.boundaries)
     for index in range(run.scenario.micro_batches):
         recorder.micro_step = index
-        loop(run, index, index in boundaries)
-    if run.scenario.api == "set_boundary":
-        run.accelerator.set_deepspeed_gradient_accumulation_boundary(None)
+        if not count_collectives:
+            loop(run, index, index in boundaries)
+            continue
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+            loop(run, index, index in boundaries)
+        run.trace.collectives.append(_count_collectives(profile))
+    # The set_boundary loop leaves its last override (True) set, as user code does: the next scenario in the
+    # same process must not inherit it (P8).

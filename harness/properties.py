@@ -214,19 +214,54 @@ def close_to_baseline(scenario: Scenario, traces: Sequence[Trace], baseline: Sce
 
 
 P7 = "P7 communication"
+P8 = "P8 hygiene"
+P9 = "P9 fallbacks"
 
 
 def promises_no_sync_off_boundary(scenario: Scenario) -> bool:
-    """Where a backend promises to skip the gradient all-reduce before the boundary: DDP with the boundary
-    known before forward (set_deepspeed_gradient_accumulation_boundary, or accumulate() on its own schedule)."""
+    """Where a backend promises to skip the gradient reduction before the boundary: DDP with the boundary
+    known before forward (set_deepspeed_gradient_accumulation_boundary, or accumulate() on its own schedule),
+    and DeepSpeed ZeRO 0/1, which reduce only at the boundary (measured). ZeRO 2/3 reduce every micro-batch
+    into their partitions by design: their counts are reported, not judged."""
+    if scenario.world_size < 2 or scenario.api == "legacy":
+        return False
+    if scenario.zero_stage in (0, 1):
+        return True
     if scenario.backend != "ddp":
         return False
     return scenario.api == "set_boundary" or (scenario.api in ("auto", "step_and_zero_grad") and scenario.is_uniform)
 
 
+GRADIENT_COLLECTIVES = ("all_reduce", "reduce_scatter", "reduce", "allreduce")
+
+
+def gradient_collectives(counts: dict[str, int]) -> int:
+    return sum(n for kind, n in counts.items() if kind in GRADIENT_COLLECTIVES)
+
+
+def collectives_follow_boundaries(scenario: Scenario, traces: Sequence[Trace]) -> list[Deviation]:
+    """Measured communication: no gradient reduction (all_reduce / reduce_scatter / reduce, as the process
+    group ran them) on a non-final micro-batch, at least one at every boundary."""
+    boundaries = set(scenario.boundaries)
+    deviations: list[Deviation] = []
+    for trace in traces:
+        for index, counts in enumerate(trace.collectives):
+            reductions = gradient_collectives(counts)
+            if index in boundaries and reductions == 0:
+                deviations.append(Deviation(scenario.id, P7, f"rank {trace.rank} · micro-batch {index} (boundary)",
+                                            "collectives", f"no gradient reduction ran ({counts or 'none'})"))
+            elif index not in boundaries and reductions:
+                deviations.append(Deviation(scenario.id, P7, f"rank {trace.rank} · micro-batch {index} (not a boundary)",
+                                            "collectives", f"{reductions} gradient reduction(s) before the boundary: {counts}"))
+    return deviations
+
+
 def gradient_sync_follows_boundaries(scenario: Scenario, traces: Sequence[Trace]) -> list[Deviation]:
     """Ranks train on different data, so their local gradients agree only after an all-reduce: they must
-    differ after every non-final micro-batch (no communication) and agree after every boundary."""
+    differ after every non-final micro-batch (no communication) and agree after every boundary. Observable
+    where gradients live on ``.grad`` (DDP); DeepSpeed's are checked by counting collectives."""
+    if scenario.backend != "ddp":
+        return []
     boundaries = set(scenario.boundaries)
     deviations: list[Deviation] = []
     first, others = traces[0], traces[1:]
@@ -270,3 +305,13 @@ def curves(traces: Sequence[Trace], oracle: OracleTrace) -> dict[str, list[float
         "grad_norm": returned or engine,
         "oracle_grad_norm": [s.pre_clip_norm for s in oracle.steps],
     }
+
+
+def grads_zeroed_after_last_step(scenario: Scenario, traces: Sequence[Trace]) -> list[Deviation]:
+    """Every schedule ends at a boundary: after its step no gradient may be left to leak into the next window."""
+    deviations: list[Deviation] = []
+    for trace in traces:
+        if trace.leftover_grad_abs_sum:
+            deviations.append(Deviation(scenario.id, P8, f"rank {trace.rank} · after the last step", "gradients",
+                                        f"Σ|grad| = {trace.leftover_grad_abs_sum:.6g}, want 0 (zeroed at the boundary)"))
+    return deviations

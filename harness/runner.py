@@ -32,8 +32,8 @@ class WorldPool:
             self.worlds[size] = World(world_size=size, job_timeout_s=self.job_timeout_s)
         return self.worlds[size]
 
-    def run(self, scenario: Scenario, target: str) -> JobResult:
-        return self.world_for(scenario).run(scenario, target)
+    def run(self, scenario: Scenario, target: str, **options: object) -> JobResult:
+        return self.world_for(scenario).run(scenario, target, **options)
 
     def close(self) -> list[str]:
         warnings = []
@@ -44,7 +44,7 @@ class WorldPool:
 
 
 def properties_for(scenario: Scenario) -> list[str]:
-    names = [properties.P4, properties.P2 if scenario.is_uniform else properties.P5]
+    names = [properties.P4, properties.P2 if scenario.is_uniform else properties.P5, properties.P8]
     if scenario.api == "step_and_zero_grad" or scenario.is_deepspeed:
         names.append(properties.P6)
     if properties.promises_no_sync_off_boundary(scenario):
@@ -58,17 +58,20 @@ class Runner:
     """Runs scenarios on one target; caches every job so cross-scenario properties (P1, P3) cost one run."""
 
     def __init__(self, target: str, xfails: Sequence[Xfail] = (), pool: WorldPool | None = None,
-                 job_timeout_s: float = 120.0, check_upstream: bool = False) -> None:
+                 job_timeout_s: float = 120.0, check_upstream: bool = False, count_collectives: bool = False) -> None:
         self.target = target
         self.xfails = list(xfails)
         self.pool = pool or WorldPool(job_timeout_s)
         self.check_upstream = check_upstream
+        self.count_collectives = count_collectives
         self._jobs: dict[tuple[Scenario, str], JobResult] = {}
+        self._evaluations: dict[Scenario, tuple[JobResult, list[Deviation]]] = {}
+        self._oracles: dict[Scenario, oracle_mod.OracleTrace] = {}
 
     def job(self, scenario: Scenario, target: str | None = None) -> JobResult:
         key = (scenario, target or self.target)
         if key not in self._jobs:
-            self._jobs[key] = self.pool.run(scenario, key[1])
+            self._jobs[key] = self.pool.run(scenario, key[1], count_collectives=self.count_collectives)
         return self._jobs[key]
 
     # -- properties ---------------------------------------------------------------------------------------
@@ -77,14 +80,16 @@ class Runner:
                  + properties.sync_gradients_follow_boundaries(scenario, traces)
                  + properties.matches_oracle(scenario, traces, expected)
                  + properties.ranks_agree(scenario, traces)
-                 + properties.engine_grad_norms(scenario, traces, expected))
+                 + properties.engine_grad_norms(scenario, traces, expected)
+                 + properties.grads_zeroed_after_last_step(scenario, traces))
         if scenario.api == "step_and_zero_grad":
             found += properties.returned_norms(scenario, traces, expected)
         if properties.promises_no_sync_off_boundary(scenario):
             found += properties.gradient_sync_follows_boundaries(scenario, traces)
+            found += properties.collectives_follow_boundaries(scenario, traces)
         if properties.P1 in properties_for(scenario):
             found += self._p1(scenario, traces)
-        if self.check_upstream and scenario.api in ("auto", "legacy"):
+        if self.check_upstream and scenario.api in ("auto", "legacy") and scenario.is_uniform:
             found += self._p3(scenario, traces)
         return found
 
@@ -106,9 +111,28 @@ class Runner:
                                         baseline_label="upstream accelerate")
 
     # -- outcomes -----------------------------------------------------------------------------------------
+    def evaluate(self, scenario: Scenario) -> tuple[JobResult, list[Deviation]]:
+        """The job and every deviation found in it, computed once per scenario (the pytest plugin asks
+        per property family; the CLI once per scenario)."""
+        if scenario not in self._evaluations:
+            result = self.job(scenario)
+            found: list[Deviation] = []
+            if result.ok:
+                found = self.deviations(scenario, result.traces, self.expected(scenario))
+            self._evaluations[scenario] = (result, found)
+        return self._evaluations[scenario]
+
+    def expected(self, scenario: Scenario) -> oracle_mod.OracleTrace:
+        if scenario not in self._oracles:
+            self._oracles[scenario] = oracle_mod.expected(scenario)
+        return self._oracles[scenario]
+
+    def xfail_for(self, scenario: Scenario) -> Xfail | None:
+        return match(self.xfails, scenario.id)
+
     def outcome(self, scenario: Scenario) -> Outcome:
         started = time.perf_counter()
-        result = self.job(scenario)
+        result, found = self.evaluate(scenario)
         base = Outcome(scenario=scenario.id, outcome="pass", axes=asdict(scenario),
                        properties=properties_for(scenario))
         if result.status == "error":
@@ -117,8 +141,7 @@ class Runner:
         elif result.status == "unsupported":
             base.outcome, base.reason = "unsupported", result.reason
         else:
-            expected = oracle_mod.expected(scenario)
-            found = self.deviations(scenario, result.traces, expected)
+            expected = self.expected(scenario)
             base.deviation_count = len(found)
             base.deviations = [{"prop": d.prop, "where": d.where, "tensor": d.tensor, "message": d.message()}
                                for d in found[:MAX_DEVIATIONS_KEPT]]
@@ -127,7 +150,7 @@ class Runner:
             base.warnings = sorted({w for trace in result.traces for w in trace.warnings})
             base.outcome = "fail" if found else "pass"
         base.seconds = result.seconds + (time.perf_counter() - started)
-        known = match(self.xfails, scenario.id)
+        known = self.xfail_for(scenario)
         if known:
             base.reason = known.reason if base.outcome != "unsupported" else f"{base.reason} · xfail: {known.reason}"
             base.outcome = "xpass" if base.outcome == "pass" else "xfail"

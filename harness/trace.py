@@ -34,9 +34,13 @@ class Trace:
     # Sum of all local .grad elements (float64) after each backward; None where gradients are partitioned
     # (ZeRO). Ranks see different data, so equal digests across ranks mean the gradients were all-reduced.
     grad_digests: list[float | None] = field(default_factory=list)
+    # Collective operations per micro-batch, by kind ("all_reduce", "reduce_scatter", ...), when counted.
+    collectives: list[dict[str, int]] = field(default_factory=list)
     engine_global_steps: int | None = None
     engine_micro_steps: int | None = None
     final_params: Tensors = field(default_factory=dict)
+    # Σ|grad| over the full gradients after the last step: 0.0 when they were zeroed, None when none exist.
+    leftover_grad_abs_sum: float | None = None
     world: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 

@@ -35,7 +35,7 @@ class LaunchedWorldPool:
         PartialState(backend=self.state.backend, timeout=timedelta(seconds=timeout_s))
         self.dist = dist
 
-    def run(self, scenario: Scenario, target: str) -> JobResult:
+    def run(self, scenario: Scenario, target: str, **options: object) -> JobResult:
         import time
 
         from . import job
@@ -46,7 +46,7 @@ class LaunchedWorldPool:
                                               f"this launch has {self.world_size}"})
         started = time.perf_counter()
         reset_between_scenarios(self.state, scenario)
-        result = job.run(scenario, target, self.rank)
+        result = job.run(scenario, target, self.rank, **options)  # type: ignore[arg-type]
         os.environ.update(self.state.launch_env)
         gathered: list = [None] * self.world_size
         self.dist.all_gather_object(gathered, result)

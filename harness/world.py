@@ -121,12 +121,12 @@ def _rank_main(rank: int, world_size: int, port: int, conn: Any, pg_timeout_s: f
             message = pickle.loads(conn.recv_bytes())
             if message is None:
                 break
-            scenario, target = message
+            scenario, target, options = message
             if rank >= scenario.world_size:
                 conn.send_bytes(pickle.dumps(("idle", None)))
                 continue
             reset_between_scenarios(state, scenario)
-            result = job.run(scenario, target, rank)
+            result = job.run(scenario, target, rank, **options)
             os.environ.update(state.launch_env)
             conn.send_bytes(pickle.dumps(("unsupported", result) if isinstance(result, str) else ("ok", result)))
             if scenario.backend not in state.frozen_after:
@@ -229,7 +229,8 @@ class World:
         self.close()
 
     # jobs
-    def run(self, scenario: Scenario, target: str) -> JobResult:
+    def run(self, scenario: Scenario, target: str, **options: Any) -> JobResult:
+        """``options`` reach ``job.run`` (e.g. ``count_collectives=True``)."""
         if scenario.world_size > self.world_size:
             raise ValueError(f"{scenario.id} needs {scenario.world_size} ranks; this world has {self.world_size}")
         if not self.alive:
@@ -237,7 +238,7 @@ class World:
             self.start()
         started = time.perf_counter()
         for conn in self._conns:
-            conn.send_bytes(pickle.dumps((scenario, target)))
+            conn.send_bytes(pickle.dumps((scenario, target, options)))
         replies = self._collect(self.job_timeout_s)
         seconds = time.perf_counter() - started
         errors = {rank: reply[1] for rank, reply in replies.items() if reply[0] == "error"}

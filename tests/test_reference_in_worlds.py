@@ -24,7 +24,7 @@ def _scenario(backend: str, api: str, schedule: str, optimizer: str = "sgd") -> 
 SCENARIOS = [_scenario(b, a, s) for b in BACKENDS for s in SCHEDULES for a in API_STYLES]
 SCENARIOS += [_scenario(b, a, "dyn3142", "adamw") for b in BACKENDS for a in ("kwarg", "step_and_zero_grad")]
 NORM_SCENARIOS = [s for s in SCENARIOS if s.api == "step_and_zero_grad"]
-NO_SYNC_SCENARIOS = [s for s in SCENARIOS if properties.promises_no_sync_off_boundary(s)]
+NO_SYNC_SCENARIOS = [s for s in SCENARIOS if s.backend == "ddp" and properties.promises_no_sync_off_boundary(s)]
 UNIFORM_MANUAL = [s for s in SCENARIOS if s.schedule == "uni4" and s.api in MANUAL_API_STYLES]
 
 
