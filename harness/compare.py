@@ -62,7 +62,9 @@ def compare_tensor(got: torch.Tensor, want: torch.Tensor, *, rtol: float, atol: 
     max_abs = float(diff.max())
     max_rel = float((diff / want64.abs().clamp_min(1e-30)).max())
     scaled = " × max|want|" if tensor_scaled else ""
-    ignored = f" · {int(ignore.sum())} element(s) with a gradient below the noise floor ignored (AdamW)" if ignore is not None and bool(ignore.any()) else ""
+    ignored = ""
+    if ignore is not None and bool(ignore.any()):
+        ignored = f" · {int(ignore.sum())} element(s) with a gradient below the noise floor ignored (AdamW)"
     return (f"max |Δ| = {max_abs:.3g} at {worst} (got {float(got64.flatten()[flat]):.9g}, "
             f"want {float(want64.flatten()[flat]):.9g}) · max rel {max_rel:.3g} · {tolerance_text(rtol, atol)}{scaled}{ignored}")
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from harness.compare import compare_scalar, compare_tensor, compare_tensors, tolerance
+from harness.compare import compare_scalar, compare_tensor, compare_tensors
 
 
 def test_message_names_everything_a_person_needs() -> None:

@@ -3,8 +3,12 @@ from __future__ import annotations
 
 import pytest
 
-from reference_impl import (BoundaryAwareDeepSpeedEngineWrapper, BoundaryUnsupportedError, PipelineEngineError,
-                            UnmanagedAccumulationError)
+from reference_impl import (
+    BoundaryAwareDeepSpeedEngineWrapper,
+    BoundaryUnsupportedError,
+    PipelineEngineError,
+    UnmanagedAccumulationError,
+)
 from tests.fakes import EngineWithoutBoundaryApi, FakeEngine, PipelineEngine, loss_of
 
 

@@ -93,3 +93,17 @@ def test_bit_identity_sees_what_the_oracle_tolerance_cannot(run_scenario) -> Non
     assert mutant.ok and reference_baseline.ok
     assert not _oracle(scenario, mutant.traces), "the nudge was meant to hide inside the oracle tolerance"
     assert properties.bit_identical(scenario, mutant.traces, baseline, reference_baseline.traces)
+
+
+@pytest.mark.world
+@pytest.mark.ds0
+def test_override_leaking_into_the_next_scenario_is_caught(world) -> None:
+    """override_leaks keeps the override on the class: a set_boundary run leaves True behind, and the next
+    accumulate() run in the same processes steps on every micro-batch (what P8's leak test looks for)."""
+    target = _target("override_leaks")
+    first, after = _s("ds0", "set_boundary", "forced4264"), _s("ds0", "auto", "uni4")
+    assert world.run(first, target).ok
+    result = world.run(after, target)
+    assert result.ok
+    assert _steps(after, result.traces), "the leaked override went unnoticed"
+    assert not _steps(after, world.run(after, "reference").traces), "the reference must not be affected"
