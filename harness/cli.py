@@ -1,10 +1,11 @@
-"""``accumgate`` command line: ``run``, ``list``, ``env``. It parses, validates and prints; the runner does
+"""``accumgate`` command line: ``run``, ``list``, ``env``, ``report``, ``gate``. It parses, validates and prints; the runner does
 the work. Exit codes (DESIGN §5): 0 ok, 1 conformance failures, 2 usage error, 3 infrastructure error.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -71,6 +72,9 @@ def _cmd_env(args: argparse.Namespace) -> int:
 
 
 def _validate_run(args: argparse.Namespace) -> list:
+    # A target module is imported as `python -m` would from here; the spawned ranks inherit sys.path.
+    if os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())
     from .results import ResultsError, check_writable
     from .targets import TargetError, load_target, target_path
     from .xfails import XfailsError, load
@@ -130,6 +134,45 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return EXIT_FAILURES if any(o.bad for o in results.outcomes) else EXIT_OK
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .reports.merge import merge
+    from .reports.render import write_reports
+    from .results import ResultsError
+
+    try:
+        merged = merge(args.paths)
+    except ResultsError as exc:
+        raise UsageError(str(exc)) from exc
+    written = write_reports(merged, Path(args.out))
+    counts = ", ".join(f"{n} {k}" for k, n in merged.counts().most_common())
+    print(f"{len(merged.runs)} result file(s), {len(merged.outcomes)} scenario runs ({counts})")
+    for path in written:
+        print(f"  wrote {path}")
+    return EXIT_OK
+
+
+def _cmd_gate(args: argparse.Namespace) -> int:
+    import json
+
+    from .reports.gate import compare, table
+    from .reports.merge import merge
+    from .results import ResultsError, write_atomic
+
+    try:
+        baseline = merge([args.baseline]).as_results()
+        current = merge(args.current).as_results()
+    except ResultsError as exc:
+        raise UsageError(str(exc)) from exc
+    changes = compare(baseline, current)
+    print(table(changes))
+    regressions = [c for c in changes if c.regression]
+    if args.update_baseline:
+        write_atomic(Path(args.baseline), json.dumps(current.to_json(), indent=1) + "\n")
+        print(f"baseline updated: {args.baseline}")
+    print(f"{len(regressions)} regression(s) against {args.baseline}")
+    return EXIT_FAILURES if regressions and not args.update_baseline else EXIT_OK
+
+
 def _add_selection(parser: argparse.ArgumentParser) -> None:
     from .scenario import PROFILES
 
@@ -155,6 +198,15 @@ def build_parser() -> argparse.ArgumentParser:
     listing = commands.add_parser("list", help="print scenario ids")
     _add_selection(listing)
     listing.set_defaults(func=_cmd_list)
+    report = commands.add_parser("report", help="merge results.json files into matrix.md, matrix.html, merged.json")
+    report.add_argument("paths", nargs="+", metavar="DIR_OR_FILE", help="results.json files or directories holding them")
+    report.add_argument("--out", default="reports", metavar="DIR", help="where the matrix goes (default reports/)")
+    report.set_defaults(func=_cmd_report)
+    gate = commands.add_parser("gate", help="fail on regressions against a baseline results file")
+    gate.add_argument("--baseline", required=True, metavar="BASE.json")
+    gate.add_argument("--current", required=True, nargs="+", metavar="CUR", help="results files or directories")
+    gate.add_argument("--update-baseline", action="store_true", help="write the current run as the new baseline (atomic)")
+    gate.set_defaults(func=_cmd_gate)
     env = commands.add_parser("env", help="versions and boundary capabilities of the installed stack")
     env.add_argument("--json", action="store_true", help="machine-readable output")
     env.set_defaults(func=_cmd_env)

@@ -39,6 +39,7 @@ class Outcome:
     reason: str | None = None  # unsupported / xfail reason
     warnings: list[str] = field(default_factory=list)
     curves: dict[str, list[float | None]] = field(default_factory=dict)
+    env: str | None = None  # which stack produced it, in merged files (versions and target)
 
     @property
     def bad(self) -> bool:
@@ -70,6 +71,15 @@ class RunResults:
         }
 
 
+SEVERITY = {"error": 5, "fail": 4, "xpass": 3, "unsupported": 2, "xfail": 1, "pass": 0}
+
+
+def environment_label(results: "RunResults") -> str:
+    """Names the stack a run came from, e.g. ``reference · accelerate 1.15.0 · deepspeed 0.19.8``."""
+    caps = results.environment.get("capabilities", {})
+    return f"{results.target} · accelerate {caps.get('accelerate')} · deepspeed {caps.get('deepspeed')}"
+
+
 def environment() -> dict[str, Any]:
     from reference_impl.compat import capabilities
 
@@ -81,6 +91,9 @@ def write_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; reports are for everyone the umask allows
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
             handle.flush()
