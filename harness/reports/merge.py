@@ -73,18 +73,14 @@ class Merged:
 
 def merge(paths: Iterable[str | Path]) -> Merged:
     runs = [(path, load(path)) for path in find_results(paths)]
-    outcomes: list[Outcome] = []
-    seen: dict[tuple[str, str], Path] = {}
-    for path, run in runs:
+    by_key: dict[tuple[str, str], Outcome] = {}
+    for _, run in runs:
         label = environment_label(run) if "merged" not in run.environment else None
         for outcome in run.outcomes:
             outcome.env = outcome.env or label
             key = (outcome.env or "", outcome.scenario)
-            if key in seen:  # the same scenario on the same stack twice (e.g. two pytest families): keep the worst
-                previous = next(o for o in outcomes if (o.env or "", o.scenario) == key)
-                if SEVERITY[outcome.outcome] > SEVERITY[previous.outcome]:
-                    outcomes[outcomes.index(previous)] = outcome
-                continue
-            seen[key] = path
-            outcomes.append(outcome)
-    return Merged(runs=runs, outcomes=outcomes)
+            previous = by_key.get(key)
+            # The same scenario on the same stack twice (two envs ran it): the worst outcome stands.
+            if previous is None or SEVERITY[outcome.outcome] > SEVERITY[previous.outcome]:
+                by_key[key] = outcome
+    return Merged(runs=runs, outcomes=list(by_key.values()))
