@@ -120,10 +120,10 @@ def accumgate_runner(request: pytest.FixtureRequest):
     target = config.getoption("accumgate_target")
     runner = Runner(target, xfails=config._accumgate_xfails,  # type: ignore[attr-defined]
                     pool=WorldPool(config.getoption("accumgate_timeout")),
-                    check_upstream=target != "native", count_collectives=True)
+                    check_upstream=target != "native")
     yield runner
     report_dir = config.getoption("accumgate_report_dir")
-    outcomes = [runner.outcome(s) for s in list(runner._evaluations)]
+    outcomes = runner.outcomes()
     warnings = runner.pool.close()
     if report_dir:
         from .results import RunResults, environment, write_all

@@ -58,7 +58,7 @@ class Runner:
     """Runs scenarios on one target; caches every job so cross-scenario properties (P1, P3) cost one run."""
 
     def __init__(self, target: str, xfails: Sequence[Xfail] = (), pool: WorldPool | None = None,
-                 job_timeout_s: float = 120.0, check_upstream: bool = False, count_collectives: bool = False) -> None:
+                 job_timeout_s: float = 120.0, check_upstream: bool = False, count_collectives: bool = True) -> None:
         self.target = target
         self.xfails = list(xfails)
         self.pool = pool or WorldPool(job_timeout_s)
@@ -155,6 +155,10 @@ class Runner:
             base.reason = known.reason if base.outcome != "unsupported" else f"{base.reason} · xfail: {known.reason}"
             base.outcome = "xpass" if base.outcome == "pass" else "xfail"
         return base
+
+    def outcomes(self) -> list[Outcome]:
+        """Outcomes of every scenario evaluated so far (the pytest plugin's report at session end)."""
+        return [self.outcome(scenario) for scenario in list(self._evaluations)]
 
     def run(self, scenarios: Iterable[Scenario], on_outcome: Callable[[Outcome], None] | None = None,
             selection: dict | None = None) -> RunResults:

@@ -33,12 +33,12 @@ def world() -> World:
 
 @pytest.fixture(scope="session")
 def run_scenario(world: World) -> Callable[..., JobResult]:
-    cache: dict[tuple[Scenario, str], JobResult] = {}
+    cache: dict[tuple[Scenario, str], JobResult] = {}  # a run with collectives counted serves both kinds
 
-    def run(scenario: Scenario, target: str = "reference") -> JobResult:
+    def run(scenario: Scenario, target: str = "reference", count_collectives: bool = False) -> JobResult:
         key = (scenario, target)
-        if key not in cache:
-            cache[key] = world.run(scenario, target)
+        if key not in cache or (count_collectives and not cache[key].traces[0].collectives):
+            cache[key] = world.run(scenario, target, count_collectives=count_collectives)
         return cache[key]
 
     return run

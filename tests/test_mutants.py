@@ -58,6 +58,10 @@ def _sync(s, traces):
     return properties.gradient_sync_follows_boundaries(s, traces)
 
 
+def _collectives(s, traces):
+    return properties.collectives_follow_boundaries(s, traces)
+
+
 WORLD_CATCHES = [  # (mutant, scenario, catching check)
     ("always_step", _s("ds2", "kwarg", "dyn3142"), _steps),
     ("always_step", _s("ds2", "kwarg", "dyn3142"), _oracle),
@@ -70,17 +74,30 @@ WORLD_CATCHES = [  # (mutant, scenario, catching check)
     ("no_zero_grad", _s("single", "step_and_zero_grad", "uni4"), _oracle),
     ("no_ddp_resync", _s("ddp", "auto", "dyn3142"), _oracle),
     ("set_boundary_keeps_sync", _s("ddp", "set_boundary", "uni4"), _sync),
+    ("reduce_every_micro_batch", _s("ds0", "kwarg", "dyn3142"), _collectives),
 ]
 
 
 @pytest.mark.parametrize(("mutant", "scenario", "check"), WORLD_CATCHES,
                          ids=[f"{m}-{s.id}-{c.__name__.strip('_')}" for m, s, c in WORLD_CATCHES])
 def test_world_catches(run_scenario, mutant: str, scenario: Scenario, check) -> None:
-    result = run_scenario(scenario, _target(mutant))
+    result = run_scenario(scenario, _target(mutant), count_collectives=True)
     assert result.ok, result.errors
     deviations = check(scenario, result.traces)
     assert deviations, f"{mutant} went unnoticed by {check.__name__} on {scenario.id}"
     assert scenario.id in deviations[0].message()
+
+
+@pytest.mark.world
+@pytest.mark.ds0
+def test_only_the_collective_count_sees_a_reduction_on_every_micro_batch(run_scenario) -> None:
+    """reduce_every_micro_batch trains to the oracle's numbers; P7's measured communication flags it."""
+    scenario = _s("ds0", "kwarg", "dyn3142")
+    result = run_scenario(scenario, _target("reduce_every_micro_batch"), count_collectives=True)
+    assert result.ok
+    assert not _oracle(scenario, result.traces) and not _steps(scenario, result.traces)
+    assert _collectives(scenario, result.traces)
+    assert not _collectives(scenario, run_scenario(scenario, "reference", count_collectives=True).traces)
 
 
 @pytest.mark.world
