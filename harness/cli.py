@@ -31,8 +31,15 @@ def available_backends() -> tuple[str, ...]:
 def _scenarios(args: argparse.Namespace) -> list:
     from . import scenario as scen
 
+    backends = available_backends()
+    if getattr(args, "backends", None):
+        wanted = [b.strip() for b in args.backends.split(",") if b.strip()]
+        unknown = [b for b in wanted if b not in backends]
+        if unknown:
+            raise UsageError(f"--backends: {', '.join(unknown)} not available here (expected some of {', '.join(backends)})")
+        backends = tuple(wanted)
     try:
-        chosen = scen.profile(args.profile, available_backends())
+        chosen = scen.profile(args.profile, backends)
         chosen = scen.select(chosen, args.k)
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
@@ -179,6 +186,8 @@ def _add_selection(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile", default="quick", choices=PROFILES, help="scenario set (default: quick)")
     parser.add_argument("-k", metavar="EXPR", default=None, help="select by id, pytest -k syntax: 'ds3 and not kwarg'")
     parser.add_argument("--world-size", type=int, choices=(1, 2), default=None, help="only scenarios of this world size")
+    parser.add_argument("--backends", default=None, metavar="B1,B2",
+                        help="generate the profile for these backends alone (pairwise within them), e.g. ds3,ds3off")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -118,6 +118,9 @@ def accumgate_runner(request: pytest.FixtureRequest):
 
     config = request.config
     target = config.getoption("accumgate_target")
+    import time
+
+    started = time.perf_counter()
     runner = Runner(target, xfails=config._accumgate_xfails,  # type: ignore[attr-defined]
                     pool=WorldPool(config.getoption("accumgate_timeout")),
                     check_upstream=target != "native")
@@ -131,6 +134,7 @@ def accumgate_runner(request: pytest.FixtureRequest):
         worker = os.environ.get("PYTEST_XDIST_WORKER")
         directory = Path(report_dir) / worker if worker else Path(report_dir)
         write_all(RunResults(target=target, outcomes=outcomes, environment=environment(), warnings=warnings,
+                             wall_seconds=time.perf_counter() - started,
                              selection={"profile": config.getoption("accumgate_profile"),
                                         "backends": config.getoption("accumgate_backends"), "runner": "pytest"}),
                   directory)
