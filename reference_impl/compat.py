@@ -86,6 +86,22 @@ def engine_sync_allowed(engine: Any) -> Iterator[None]:
             engine.inside_no_sync_ctxt = True
 
 
+def parameters_of(function: Any) -> set[str]:
+    """Parameter names, looking through wrappers that forget ``functools.wraps``: DeepSpeed's
+    ``instrument_w_nvtx`` hides ``engine.backward``'s signature behind ``(*args, **kwargs)`` and keeps the
+    real function only in its closure."""
+    seen = 0
+    while function is not None and seen < 5:
+        names = set(inspect.signature(function).parameters) - {"args", "kwargs"}
+        if names - {"self"}:
+            return names
+        inner = getattr(function, "__wrapped__", None)
+        if inner is None and getattr(function, "__closure__", None):
+            inner = next((c.cell_contents for c in function.__closure__ if callable(c.cell_contents)), None)
+        function, seen = inner, seen + 1
+    return set()
+
+
 def upstream_wrapper_takes_sync_gradients() -> bool:
     """accelerate >= 1.8 (#3630) calls ``wrapper.backward(loss, sync_gradients=...)``; <= 1.7 ``backward(loss)``."""
     try:
@@ -112,6 +128,6 @@ def capabilities() -> dict[str, Any]:
     caps["engine_boundary_api"] = callable(getattr(DeepSpeedEngine, "set_gradient_accumulation_boundary", None))
     caps["engine_no_sync"] = callable(getattr(DeepSpeedEngine, "no_sync", None))
     caps["engine_managed_accumulation_key"] = callable(getattr(DeepSpeedEngine, "managed_gradient_accumulation", None))
-    caps["engine_scale_wrt_gas"] = "scale_wrt_gas" in inspect.signature(DeepSpeedEngine.backward).parameters
+    caps["engine_scale_wrt_gas"] = "scale_wrt_gas" in parameters_of(DeepSpeedEngine.backward)
     caps["engine_get_global_grad_norm"] = callable(getattr(DeepSpeedEngine, "get_global_grad_norm", None))
     return caps

@@ -101,3 +101,20 @@ def test_keyword_arguments_reach_the_engine() -> None:
     engine = FakeEngine()
     BoundaryAwareDeepSpeedEngineWrapper(engine).backward(loss_of(engine), sync_gradients=False, scale_wrt_gas=False)
     assert engine.last_backward_kwargs == {"scale_wrt_gas": False}
+
+
+def test_capabilities_see_through_signature_hiding_decorators() -> None:
+    """DeepSpeed wraps engine.backward in a decorator without functools.wraps; scale_wrt_gas must still show."""
+    from reference_impl.compat import capabilities, parameters_of
+
+    def hiding(function):
+        def wrapper(*args, **kwargs):
+            return function(*args, **kwargs)
+        return wrapper
+
+    @hiding
+    def backward(self, loss, retain_graph=False, scale_wrt_gas=True):
+        return loss
+
+    assert "scale_wrt_gas" in parameters_of(backward)
+    assert capabilities()["engine_scale_wrt_gas"] is True
