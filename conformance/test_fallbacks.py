@@ -2,11 +2,34 @@
 and never silent wrong training; where it can, it trains right."""
 from __future__ import annotations
 
+import pytest
+
 from harness import oracle
 from harness.properties import P2, P4, P5, P7, P9, matches_oracle, steps_at_boundaries
 from harness.pytest_plugin import accumgate, check
 
 MANAGED_KEY = "managed_gradient_accumulation"
+
+
+def _assert_trains_right(runner, scenario, result, label: str) -> None:
+    """The probe trained, at the boundaries, as the oracle says; a known failure of this scenario on the
+    installed versions (the xfails file) is an xfail here too."""
+    known = runner.xfail_for(scenario)
+    deviations = []
+    if result.ok:
+        deviations = steps_at_boundaries(scenario, result.traces) + matches_oracle(
+            scenario, result.traces, oracle.expected(scenario))
+    if known and (deviations or not result.ok):
+        pytest.xfail(known.reason)
+    assert result.ok, f"{scenario.id} · {P9} · {label}:\n{_last_lines(result)}"
+    assert not deviations, "\n".join(d.message() for d in deviations[:8])
+
+
+def _engine_reads_managed_key() -> bool:
+    """``managed_gradient_accumulation`` exists since DeepSpeed 0.19.4 (#8184); older engines ignore the key."""
+    from reference_impl.compat import capabilities
+
+    return bool(capabilities().get("engine_managed_accumulation_key"))
 
 
 def _last_lines(result) -> str:
@@ -21,6 +44,11 @@ def test_unmanaged_accumulation_is_refused_by_name(accumgate_runner, scenario) -
     result = runner.pool.run(scenario, runner.target, config_overrides={MANAGED_KEY: False})
     if result.status == "unsupported":
         check(runner, scenario, [P9])
+    if not _engine_reads_managed_key():
+        # DeepSpeed < 0.19.4 ignores the key and always manages accumulation (versions.md): nothing to refuse,
+        # and the run must simply train right.
+        _assert_trains_right(runner, scenario, result, f"{MANAGED_KEY} ignored by this DeepSpeed")
+        return
     assert result.status == "error", f"{scenario.id} with {MANAGED_KEY}: false trained ({result.status})"
     last = _last_lines(result)
     assert MANAGED_KEY in last and "AssertionError" not in last, f"{scenario.id} · {P9} · unmanaged mode:\n{last}"
@@ -35,10 +63,7 @@ def test_engine_without_boundary_api(accumgate_runner, scenario) -> None:
     if result.status == "unsupported":
         check(runner, scenario, [P9])
     if scenario.is_uniform:
-        assert result.ok, f"{scenario.id} · {P9} · engine without boundary API:\n{_last_lines(result)}"
-        deviations = steps_at_boundaries(scenario, result.traces) + matches_oracle(
-            scenario, result.traces, oracle.expected(scenario))
-        assert not deviations, "\n".join(d.message() for d in deviations[:8])
+        _assert_trains_right(runner, scenario, result, "engine without boundary API")
     else:
         assert result.status == "error", f"{scenario.id} · {P9}: trained on windows the engine cannot honour"
         last = _last_lines(result)

@@ -1,5 +1,5 @@
-"""``accumgate`` command line: ``run``, ``list``, ``env``, ``report``, ``gate``. It parses, validates and prints; the runner does
-the work. Exit codes (DESIGN §5): 0 ok, 1 conformance failures, 2 usage error, 3 infrastructure error.
+"""``accumgate`` command line: ``run``, ``list``, ``env``, ``report``, ``gate``, ``replay``. It parses, validates and prints; the runner
+does the work. Exit codes (DESIGN §5): 0 ok, 1 conformance failures, 2 usage error, 3 infrastructure error.
 """
 from __future__ import annotations
 
@@ -151,6 +151,18 @@ def _cmd_report(args: argparse.Namespace) -> int:
     except ResultsError as exc:
         raise UsageError(str(exc)) from exc
     written = write_reports(merged, Path(args.out))
+    if args.support_matrix:
+        from . import replay
+        from .reports import support
+        from .results import write_atomic
+
+        bug_rows = replay.table(replay.load(), replay.read_all(args.paths))
+        write_atomic(Path(args.support_matrix), support.render(merged, bug_rows))
+        written.append(Path(args.support_matrix))
+        if args.readme:
+            if not support.update_readme(Path(args.readme), merged):
+                raise UsageError(f"--readme {args.readme}: no {support.README_START} … {support.README_END} markers")
+            written.append(Path(args.readme))
     counts = ", ".join(f"{n} {k}" for k, n in merged.counts().most_common())
     print(f"{len(merged.runs)} result file(s), {len(merged.outcomes)} scenario runs ({counts})")
     for path in written:
@@ -178,6 +190,45 @@ def _cmd_gate(args: argparse.Namespace) -> int:
         print(f"baseline updated: {args.baseline}")
     print(f"{len(regressions)} regression(s) against {args.baseline}")
     return EXIT_FAILURES if regressions and not args.update_baseline else EXIT_OK
+
+
+def _print_replay_table(bugs: list, rows: list) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from .replay import table
+
+    grid = Table(title="accumgate replay: known upstream bugs", show_lines=True)
+    for column in ("bug", "must show", "affected version", "fixed version"):
+        grid.add_column(column, overflow="fold")
+    for line in table(bugs, rows):
+        grid.add_row(f"{line['bug']}\n{line['title']}", line["expect"], line["affected"],
+                     f"{line['fixed']}\n(fixed in {line['fixed_in']})")
+    Console(width=160).print(grid)
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    from . import replay
+
+    try:
+        bugs = replay.load(args.catalogue) if args.catalogue else replay.load()
+    except replay.CatalogueError as exc:
+        raise UsageError(str(exc)) from exc
+    if args.table:
+        rows = replay.read_all(args.table)
+        _print_replay_table(bugs, rows)
+        return EXIT_OK
+    backends = [b.strip() for b in args.backends.split(",")] if args.backends else None
+    rows = replay.replay(bugs, backends=backends, job_timeout_s=args.timeout)
+    for row in rows:
+        print(f"{row.bug:28} {row.scenario:45} {row.role:8} {row.outcome:11} {row.verdict:22} {row.shows}")
+    if not rows:
+        print("no catalogue entry concerns the installed versions and selected backends")
+    if args.out:
+        print(f"wrote {replay.write(rows, args.out)}")
+    bad = [r for r in rows if r.verdict not in replay.GOOD_VERDICTS]
+    print(f"{len(rows)} replay run(s), {len(bad)} not as the catalogue says")
+    return EXIT_FAILURES if bad else EXIT_OK
 
 
 def _add_selection(parser: argparse.ArgumentParser) -> None:
@@ -210,12 +261,24 @@ def build_parser() -> argparse.ArgumentParser:
     report = commands.add_parser("report", help="merge results.json files into matrix.md, matrix.html, merged.json")
     report.add_argument("paths", nargs="+", metavar="DIR_OR_FILE", help="results.json files or directories holding them")
     report.add_argument("--out", default="reports", metavar="DIR", help="where the matrix goes (default reports/)")
+    report.add_argument("--support-matrix", default=None, metavar="MD",
+                        help="also write the versions × stages × API styles table and the replay table here")
+    report.add_argument("--readme", default=None, metavar="MD",
+                        help="with --support-matrix: rewrite the table between the README's support-matrix markers")
     report.set_defaults(func=_cmd_report)
     gate = commands.add_parser("gate", help="fail on regressions against a baseline results file")
     gate.add_argument("--baseline", required=True, metavar="BASE.json")
     gate.add_argument("--current", required=True, nargs="+", metavar="CUR", help="results files or directories")
     gate.add_argument("--update-baseline", action="store_true", help="write the current run as the new baseline (atomic)")
     gate.set_defaults(func=_cmd_gate)
+    replay = commands.add_parser("replay", help="run the known-bug catalogue on the installed versions (or tabulate runs)")
+    replay.add_argument("--catalogue", default=None, metavar="TOML", help="default: conformance/known_bugs.toml")
+    replay.add_argument("--backends", default=None, metavar="B1,B2", help="only bugs whose scenarios use these backends")
+    replay.add_argument("--out", default=None, metavar="DIR", help="write replay.json here")
+    replay.add_argument("--timeout", type=float, default=120.0, metavar="S", help="per-scenario timeout (default 120 s)")
+    replay.add_argument("--table", nargs="+", default=None, metavar="DIR",
+                        help="run nothing: merge the replay.json files under these directories into the table")
+    replay.set_defaults(func=_cmd_replay)
     env = commands.add_parser("env", help="versions and boundary capabilities of the installed stack")
     env.add_argument("--json", action="store_true", help="machine-readable output")
     env.set_defaults(func=_cmd_env)

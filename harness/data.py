@@ -1,4 +1,8 @@
-"""Deterministic data per (seed, rank, micro-batch), so the oracle can regenerate every rank's batches.
+"""Deterministic data per (seed, rank, sample), so the oracle can regenerate every rank's batches.
+
+Each rank reads its own stream of samples; micro-batch ``i`` of size ``b`` is samples ``i·b … i·b+b-1``. The
+same stream cut into other (micro-batch size, G) splits is the same data: what batch-split invariance (P10)
+compares.
 
 MLP targets are scaled so that pre-clip gradient norms exceed 1: clipping at 1.0 then really clips, and a
 wrong norm or a double clip shows in the parameters. GPT-2 sequences have random lengths, right-padded,
@@ -14,19 +18,33 @@ TARGET_SCALE = 4.0
 PAD_ID = 0
 
 
-def micro_batch(model: str, seed: int, rank: int, index: int, size: int) -> dict[str, torch.Tensor]:
-    generator = torch.Generator().manual_seed(1_000_003 * seed + 10_007 * rank + index)
+def _sample(model: str, seed: int, rank: int, sample: int) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(1_000_003 * seed + 10_007 * rank + sample)
     if model == "mlp":
-        inputs = torch.randn(size, IN_FEATURES, generator=generator)
-        targets = TARGET_SCALE * torch.randn(size, OUT_FEATURES, generator=generator)
+        inputs = torch.randn(IN_FEATURES, generator=generator)
+        targets = TARGET_SCALE * torch.randn(OUT_FEATURES, generator=generator)
         return {"inputs": inputs, "targets": targets}
-    lengths = torch.randint(3, GPT2_POSITIONS + 1, (size,), generator=generator)
-    input_ids = torch.randint(1, GPT2_VOCAB, (size, GPT2_POSITIONS), generator=generator)
-    positions = torch.arange(GPT2_POSITIONS).expand(size, -1)
-    attention_mask = (positions < lengths[:, None]).long()
+    length = int(torch.randint(3, GPT2_POSITIONS + 1, (1,), generator=generator))
+    input_ids = torch.randint(1, GPT2_VOCAB, (GPT2_POSITIONS,), generator=generator)
+    attention_mask = (torch.arange(GPT2_POSITIONS) < length).long()
     input_ids = input_ids.masked_fill(attention_mask == 0, PAD_ID)
     labels = input_ids.masked_fill(attention_mask == 0, -100)
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def micro_batch(model: str, seed: int, rank: int, index: int, size: int) -> dict[str, torch.Tensor]:
+    samples = [_sample(model, seed, rank, index * size + k) for k in range(size)]
+    return {key: torch.stack([sample[key] for sample in samples]) for key in samples[0]}
+
+
+def loss_tokens(batch: dict[str, torch.Tensor]) -> int:
+    """Tokens a causal-LM loss counts: labels after the shift that are not padding (-100)."""
+    return int((batch["labels"][:, 1:] != -100).sum())
+
+
+def window_tokens(model: str, seed: int, rank: int, window: range, size: int) -> int:
+    """The rank's loss-token count over a whole window: the denominator of the user's own normalisation."""
+    return sum(loss_tokens(micro_batch(model, seed, rank, index, size)) for index in window)
 
 
 def cast(batch: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:

@@ -28,7 +28,8 @@ def missing_api(accelerator_cls: Any, scenario: Scenario) -> str | None:
     Decided from the class before anything is built, identically on every rank, so no rank is left
     waiting in a collective.
     """
-    needs_kwarg = scenario.api == "kwarg" or (scenario.api in ("auto", "step_and_zero_grad") and not scenario.is_uniform)
+    needs_kwarg = scenario.api == "kwarg" or (scenario.api in ("auto", "step_and_zero_grad")
+                                                       and not scenario.accumulate_finds_boundaries)
     if needs_kwarg and "is_final_micro_batch" not in inspect.signature(accelerator_cls.backward).parameters:
         return f"{accelerator_cls.__module__}.{accelerator_cls.__qualname__}.backward has no is_final_micro_batch"
     for api, method in (("set_boundary", "set_deepspeed_gradient_accumulation_boundary"),

@@ -1,17 +1,18 @@
 """The training loops of each API style, side by side, a few lines each (the habit of accelerate's test_sync).
 
 A loop only drives the accelerator the way a user would and records what the user would see; it checks
-nothing. ``uniform`` schedules use ``accumulate()``'s own boundaries; other schedules pass the boundary
-explicitly, which is the point of the feature.
+nothing. Where ``accumulate()`` finds every boundary itself (uniform windows, a DataLoader that ends mid-window)
+no boundary is passed; other schedules pass it explicitly, which is the point of the feature.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from itertools import accumulate
+from typing import Any, Callable, Iterable
 
 import torch
 
-from .data import cast, micro_batch
-from .models import forward_loss
+from .data import cast, micro_batch, window_tokens
+from .models import forward_loss, forward_token_loss_sum
 from .scenario import Scenario
 from .trace import StepRecorder, Trace
 
@@ -23,6 +24,10 @@ class Run:
                  trace: Trace) -> None:
         self.accelerator, self.model, self.optimizer = accelerator, model, optimizer
         self.scenario, self.rank, self.trace = scenario, rank, trace
+        # Keyword arguments of every backward: they must reach the engine (transformers #35808 relies on it).
+        self.backward_kwargs: dict[str, Any] = {"scale_wrt_gas": False} if scenario.loss_norm == "tokens" else {}
+        self._window_of = [range(end - w, end) for end, w in zip(accumulate(scenario.windows), scenario.windows)
+                           for _ in range(w)]
 
     def loss(self, index: int) -> torch.Tensor:
         s = self.scenario
@@ -30,7 +35,11 @@ class Run:
         batch = {k: v.to(self.accelerator.device) for k, v in batch.items()}
         if s.is_deepspeed and s.precision == "bf16":  # the engine casts the module, not the inputs
             batch = cast(batch, torch.bfloat16)
-        loss = forward_loss(self.model, batch)
+        if s.loss_norm == "tokens":
+            tokens = window_tokens(s.model, s.seed, self.rank, self._window_of[index], s.micro_batch_size)
+            loss = forward_token_loss_sum(self.model, batch) / tokens
+        else:
+            loss = forward_loss(self.model, batch)
         self.trace.losses.append(float(loss.detach().float()))
         return loss
 
@@ -47,11 +56,12 @@ class Run:
         self.optimizer.zero_grad()
 
     def backward(self, loss: torch.Tensor, is_final: bool) -> None:
-        """accumulate()'s own boundaries on uniform schedules; otherwise the explicit boundary wins."""
-        if self.scenario.is_uniform:
-            self.accelerator.backward(loss)
+        """accumulate()'s own boundaries where it finds them all (uniform windows, the DataLoader's end);
+        otherwise the explicit boundary wins."""
+        if self.scenario.accumulate_finds_boundaries:
+            self.accelerator.backward(loss, **self.backward_kwargs)
         else:
-            self.accelerator.backward(loss, is_final_micro_batch=is_final)
+            self.accelerator.backward(loss, is_final_micro_batch=is_final, **self.backward_kwargs)
 
 
 def _auto(run: Run, index: int, is_final: bool) -> None:
@@ -62,14 +72,14 @@ def _auto(run: Run, index: int, is_final: bool) -> None:
 
 
 def _kwarg(run: Run, index: int, is_final: bool) -> None:
-    run.accelerator.backward(run.loss(index), is_final_micro_batch=is_final)
+    run.accelerator.backward(run.loss(index), is_final_micro_batch=is_final, **run.backward_kwargs)
     run.after_backward()
     run.clip_step_zero()
 
 
 def _set_boundary(run: Run, index: int, is_final: bool) -> None:
     run.accelerator.set_deepspeed_gradient_accumulation_boundary(is_final)
-    run.accelerator.backward(run.loss(index))
+    run.accelerator.backward(run.loss(index), **run.backward_kwargs)
     run.after_backward()
     run.clip_step_zero()
 
@@ -87,7 +97,7 @@ def _ds_native(run: Run, index: int, is_final: bool) -> None:
     """The seed's "before" code on the raw engine: DeepSpeed's documented boundary idiom."""
     engine = run.model
     engine.set_gradient_accumulation_boundary(is_final)
-    engine.backward(run.loss(index))
+    engine.backward(run.loss(index), **run.backward_kwargs)
     engine.step()
 
 
@@ -120,10 +130,23 @@ def _count_collectives(profile: Any) -> dict[str, int]:
     return counts
 
 
+def micro_batch_indices(run: Run) -> Iterable[int]:
+    """Plain indices, or, where the schedule ends with the data, a prepared DataLoader: its last batch is
+    what makes ``accumulate()`` force the partial window's boundary (the #3552 situation)."""
+    count = run.scenario.micro_batches
+    if not run.scenario.ends_with_dataloader:
+        return range(count)
+    from torch.utils.data import DataLoader
+
+    # Each rank gets every num_processes-th item of the sharded loader: `count` batches of one index each.
+    loader = run.accelerator.prepare_data_loader(DataLoader(range(count * run.accelerator.num_processes), batch_size=1))
+    return (index for index, _ in enumerate(loader))
+
+
 def train(run: Run, recorder: StepRecorder, count_collectives: bool = False) -> None:
     loop = LOOPS[run.scenario.api]
     boundaries = set(run.scenario.boundaries)
-    for index in range(run.scenario.micro_batches):
+    for index in micro_batch_indices(run):
         recorder.micro_step = index
         if not count_collectives:
             loop(run, index, index in boundaries)

@@ -48,3 +48,11 @@ def forward_loss(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     if "inputs" in batch:
         return torch.nn.functional.mse_loss(model(batch["inputs"]), batch["targets"])
     return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
+
+
+def forward_token_loss_sum(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """GPT-2's causal-LM cross-entropy summed over the counted tokens (the user divides by the window's count)."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    shifted = logits[:, :-1, :].float() if logits.dtype == torch.bfloat16 else logits[:, :-1, :]
+    return torch.nn.functional.cross_entropy(shifted.reshape(-1, shifted.shape[-1]),
+                                             batch["labels"][:, 1:].reshape(-1), ignore_index=-100, reduction="sum")

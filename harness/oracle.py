@@ -2,7 +2,9 @@
 
 No accelerate, no DeepSpeed. The rule it encodes (DESIGN §3): every micro-batch loss is divided by the
 *configured* G whatever the window length; gradients are averaged over ranks at the boundary; the
-pre-clip global norm is measured, gradients clipped once, the optimizer steps, gradients are zeroed.
+pre-clip global norm is measured, gradients clipped once, the optimizer steps, gradients are zeroed. With the
+user's own token normalisation (``loss_norm="tokens"``, ``scale_wrt_gas=False``) nothing divides by G: each
+micro-batch contributes its token-loss sum over the rank's token count of the window.
 """
 from __future__ import annotations
 
@@ -11,8 +13,8 @@ from dataclasses import dataclass, field
 import torch
 
 from .backends import build_optimizer
-from .data import cast, micro_batch
-from .models import build_model, forward_loss
+from .data import cast, micro_batch, window_tokens
+from .models import build_model, forward_loss, forward_token_loss_sum
 from .scenario import Scenario
 
 Tensors = dict[str, torch.Tensor]
@@ -44,14 +46,21 @@ def expected(scenario: Scenario) -> OracleTrace:
     params = [p for _, p in named]
     trace = OracleTrace(losses=[[] for _ in range(scenario.world_size)])
     index = 0
+    s = scenario
     for window in scenario.windows:
+        span = range(index, index + window)
         for _ in range(window):
-            for rank in range(scenario.world_size):
-                batch = cast(micro_batch(scenario.model, scenario.seed, rank, index, scenario.micro_batch_size),
-                             torch.float64)
-                loss = forward_loss(model, batch)
+            for rank in range(s.world_size):
+                batch = cast(micro_batch(s.model, s.seed, rank, index, s.micro_batch_size), torch.float64)
+                if s.loss_norm == "tokens":
+                    loss = forward_token_loss_sum(model, batch) / window_tokens(s.model, s.seed, rank, span,
+                                                                                s.micro_batch_size)
+                    scaled = loss
+                else:
+                    loss = forward_loss(model, batch)
+                    scaled = loss / s.configured_g
                 trace.losses[rank].append(float(loss.detach()))
-                (loss / scenario.configured_g / scenario.world_size).backward()
+                (scaled / s.world_size).backward()
             index += 1
         grads = {name: p.grad.detach().clone() for name, p in named if p.grad is not None}
         bound = float("inf") if scenario.clip is None else scenario.clip

@@ -51,6 +51,8 @@ def properties_for(scenario: Scenario) -> list[str]:
         names.append(properties.P7)
     if scenario.is_uniform and scenario.api != "auto":
         names.append(properties.P1)
+    if scenario.split_reference is not None and properties.split_invariant_by_construction(scenario):
+        names.append(properties.P10)
     return names
 
 
@@ -71,7 +73,10 @@ class Runner:
     def job(self, scenario: Scenario, target: str | None = None) -> JobResult:
         key = (scenario, target or self.target)
         if key not in self._jobs:
-            self._jobs[key] = self.pool.run(scenario, key[1], count_collectives=self.count_collectives)
+            # The profiler that counts collectives triples a job's time (measured: GPT-2 at ZeRO-3 0.7 → 2.4 s);
+            # it runs only where P7 judges the counts.
+            counting = self.count_collectives and properties.promises_no_sync_off_boundary(scenario)
+            self._jobs[key] = self.pool.run(scenario, key[1], count_collectives=counting)
         return self._jobs[key]
 
     # -- properties ---------------------------------------------------------------------------------------
@@ -91,7 +96,23 @@ class Runner:
             found += self._p1(scenario, traces)
         if self.check_upstream and scenario.api in ("auto", "legacy") and scenario.is_uniform:
             found += self._p3(scenario, traces)
+        if properties.P10 in properties_for(scenario):
+            found += self._p10(scenario, traces)
         return found
+
+    def split_reference_traces(self, scenario: Scenario) -> list | None:
+        """Traces of the one-micro-batch-per-window split of the same data (None when it did not run)."""
+        reference = scenario.split_reference
+        if reference is None:
+            return None
+        base = self.job(reference)
+        return base.traces if base.ok else None
+
+    def _p10(self, scenario: Scenario, traces: list) -> list[Deviation]:
+        base = self.split_reference_traces(scenario)
+        if base is None:
+            return []  # the reference split's own outcome reports its problem
+        return properties.batch_split_invariant(scenario, traces, scenario.split_reference, base)
 
     def _p1(self, scenario: Scenario, traces: list) -> list[Deviation]:
         baseline = scenario.with_api("auto")
@@ -146,6 +167,10 @@ class Runner:
             base.deviations = [{"prop": d.prop, "where": d.where, "tensor": d.tensor, "message": d.message()}
                                for d in found[:MAX_DEVIATIONS_KEPT]]
             base.metrics = properties.oracle_errors(scenario, result.traces, expected)
+            reference_traces = self.split_reference_traces(scenario)
+            if reference_traces is not None:
+                base.metrics["split_window_loss_drift"] = properties.split_loss_drift(
+                    scenario, result.traces, scenario.split_reference, reference_traces)
             base.curves = properties.curves(result.traces, expected)
             base.warnings = sorted({w for trace in result.traces for w in trace.warnings})
             base.outcome = "fail" if found else "pass"
@@ -153,7 +178,12 @@ class Runner:
         known = self.xfail_for(scenario)
         if known:
             base.reason = known.reason if base.outcome != "unsupported" else f"{base.reason} · xfail: {known.reason}"
-            base.outcome = "xpass" if base.outcome == "pass" else "xfail"
+            if base.outcome != "pass":
+                base.outcome = "xfail"
+            elif known.strict:
+                base.outcome = "xpass"
+            else:  # an intermittent bug that did not strike this run
+                base.reason = f"passed this run; known intermittent: {known.reason}"
         return base
 
     def outcomes(self) -> list[Outcome]:

@@ -5,6 +5,7 @@ imports neither torch nor accelerate, so listing and selecting scenarios costs n
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from dataclasses import dataclass
 from typing import Callable, Iterable
@@ -18,6 +19,10 @@ PRECISIONS = ("fp32", "bf16")
 CLIPS = (1.0, None)
 WORLD_SIZES = (1, 2)
 MODELS = ("mlp", "gpt2")
+# How the user turns a micro-batch into the loss it backpropagates: ``mean`` = the model's own mean loss (the
+# engine / accelerate divide it by G); ``tokens`` = the token-level sum divided by the rank's token count of the
+# whole window, passed with ``backward(loss, scale_wrt_gas=False)`` (DeepSpeed; transformers #34191, #35808).
+LOSS_NORMS = ("mean", "tokens")
 
 # Schedule name -> (configured gradient_accumulation_steps G, window lengths).
 SCHEDULES: dict[str, tuple[int, tuple[int, ...]]] = {
@@ -28,7 +33,20 @@ SCHEDULES: dict[str, tuple[int, tuple[int, ...]]] = {
     "every1": (4, (1, 1, 1, 1)),
     # Configured G = 1 with windows of 4 (open-instruct #1498): each micro-batch loss is divided by 1.
     "g1win4": (1, (4, 4, 4)),
+    # accumulate() over a prepared DataLoader of 10 micro-batches: its end forces the partial last window
+    # (accelerate #3552). No explicit boundary is passed: accelerate finds all three itself.
+    "tail442": (4, (4, 4, 2)),
+    # Batch-split invariance (P10): 3 windows of 8 samples per rank, as (micro-batch size, G) = (8, 1), (4, 2),
+    # (2, 4) [uni4 above] and (1, 8).
+    "uni1": (1, (1, 1, 1)),
+    "uni2": (2, (2, 2, 2)),
+    "uni8": (8, (8, 8, 8)),
 }
+# The schedules the profiles combine; the split schedules are generated per P10 group (``batch_splits``).
+PROFILE_SCHEDULES = ("uni4", "dyn3142", "forced4264", "every1", "g1win4", "tail442")
+# (schedule, micro-batch size) of each split of the same 8 samples per rank and window; the first is the reference.
+SPLITS = (("uni1", 8), ("uni2", 4), ("uni4", 2), ("uni8", 1))
+DEFAULT_MICRO_BATCH = 2
 
 PROFILES = ("quick", "ci", "full")
 
@@ -46,7 +64,8 @@ class Scenario:
     world_size: int = 2
     model: str = "mlp"
     seed: int = 0
-    micro_batch_size: int = 2
+    micro_batch_size: int = DEFAULT_MICRO_BATCH
+    loss_norm: str = "mean"
 
     def __post_init__(self) -> None:
         problem = invalid_reason(self)
@@ -72,8 +91,20 @@ class Scenario:
 
     @property
     def is_uniform(self) -> bool:
-        """``accumulate()`` alone produces these windows."""
+        """Every window is the configured G: ``accumulate()`` alone produces these windows."""
         return all(window == self.configured_g for window in self.windows)
+
+    @property
+    def ends_with_dataloader(self) -> bool:
+        """Full windows then a shorter last one: what ``accumulate()`` over a prepared DataLoader produces when
+        the data runs out mid-window (it forces the boundary at the DataLoader's end)."""
+        *full, last = self.windows
+        return not self.is_uniform and all(w == self.configured_g for w in full) and last < self.configured_g
+
+    @property
+    def accumulate_finds_boundaries(self) -> bool:
+        """accelerate's own schedule gives every boundary, so no explicit boundary is passed."""
+        return self.is_uniform or self.ends_with_dataloader
 
     @property
     def is_deepspeed(self) -> bool:
@@ -91,8 +122,12 @@ class Scenario:
     def id(self) -> str:
         clip = "noclip" if self.clip is None else f"clip{self.clip:g}"
         parts = [self.backend, self.api.replace("_", ""), self.schedule, self.optimizer, self.precision, clip]
+        if self.micro_batch_size != DEFAULT_MICRO_BATCH:
+            parts.append(f"mb{self.micro_batch_size}")
         if self.model != "mlp":
             parts.append(self.model)
+        if self.loss_norm != "mean":
+            parts.append(f"{self.loss_norm}norm")
         parts.append(f"w{self.world_size}")
         if self.seed:
             parts.append(f"seed{self.seed}")
@@ -102,8 +137,18 @@ class Scenario:
         return self.id
 
     def with_api(self, api: str) -> "Scenario":
-        return Scenario(self.backend, api, self.schedule, self.optimizer, self.precision, self.clip,
-                        self.world_size, self.model, self.seed, self.micro_batch_size)
+        return dataclasses.replace(self, api=api)
+
+    def with_split(self, schedule: str, micro_batch_size: int) -> "Scenario":
+        return dataclasses.replace(self, schedule=schedule, micro_batch_size=micro_batch_size)
+
+    @property
+    def split_reference(self) -> "Scenario | None":
+        """For a batch split other than the first, the same data as one micro-batch per window (P10)."""
+        split = (self.schedule, self.micro_batch_size)
+        if split not in SPLITS or split == SPLITS[0]:
+            return None
+        return self.with_split(*SPLITS[0])
 
 
 def invalid_reason(s: Scenario) -> str | None:
@@ -116,6 +161,8 @@ def invalid_reason(s: Scenario) -> str | None:
         (s.precision in PRECISIONS, f"precision {s.precision!r}: expected one of {', '.join(PRECISIONS)}"),
         (s.world_size in WORLD_SIZES, f"world size {s.world_size}: expected 1 or 2"),
         (s.model in MODELS, f"model {s.model!r}: expected one of {', '.join(MODELS)}"),
+        (s.loss_norm in LOSS_NORMS, f"loss_norm {s.loss_norm!r}: expected one of {', '.join(LOSS_NORMS)}"),
+        (s.micro_batch_size >= 1, f"micro_batch_size {s.micro_batch_size}: expected >= 1"),
     ]
     for ok, message in checks:
         if not ok:
@@ -128,6 +175,8 @@ def invalid_reason(s: Scenario) -> str | None:
         return f"api {s.api!r} drives a DeepSpeed engine"
     if s.api == "legacy" and not s.is_uniform:
         return "api 'legacy' (the engine's own counter) can only produce uniform windows"
+    if s.loss_norm == "tokens" and (s.model != "gpt2" or not s.is_deepspeed):
+        return "loss_norm 'tokens' is a token-level loss (gpt2) passed with DeepSpeed's scale_wrt_gas=False"
     return None
 
 
@@ -140,7 +189,7 @@ def is_valid(s: Scenario) -> bool:
 
 # ------------------------------------------------------------------------------------------------- profiles
 AXES: dict[str, tuple] = {
-    "backend": BACKENDS, "api": API_STYLES, "schedule": tuple(SCHEDULES), "optimizer": OPTIMIZERS,
+    "backend": BACKENDS, "api": API_STYLES, "schedule": PROFILE_SCHEDULES, "optimizer": OPTIMIZERS,
     "precision": PRECISIONS, "clip": CLIPS, "world_size": WORLD_SIZES, "model": MODELS,
 }
 
@@ -196,6 +245,25 @@ def quick(backends: Iterable[str] = BACKENDS) -> list[Scenario]:
         for schedule in ("uni4", "dyn3142")
         for api in ("auto", "kwarg", "set_boundary", "step_and_zero_grad")
     ]
+
+
+def batch_splits(base: Scenario) -> list[Scenario]:
+    """The P10 group of ``base``: the same 24 samples per rank cut as every (micro-batch size, G) of ``SPLITS``."""
+    return [base.with_split(schedule, size) for schedule, size in SPLITS]
+
+
+def split_groups(backends: Iterable[str] = BACKENDS) -> list[Scenario]:
+    """P10 on every backend available here × every API style it has: MLP, fp32, SGD with clipping (so the norm
+    matters), each split. The token-level GPT-2 groups are built by the conformance test that reports drift."""
+    keep = [b for b in BACKENDS if b in set(backends) and b != "fsdp"]
+    out = []
+    for backend in keep:
+        for api in API_STYLES:
+            base = _build({"backend": backend, "api": api, "schedule": "uni4",
+                           "world_size": 1 if backend == "single" else 2})
+            if base is not None:
+                out += batch_splits(base)
+    return out
 
 
 PROFILE_BUILDERS: dict[str, Callable[..., list[Scenario]]] = {"quick": quick, "ci": pairwise, "full": full_product}

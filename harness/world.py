@@ -202,6 +202,9 @@ class World:
     # lifecycle
     def start(self) -> None:
         prebuild_deepspeed_ops()
+        # The profiler that counts collectives (P7) makes kineto print two "USDT: profiler_start/stop" lines per
+        # micro-batch on stderr in torch 2.13; above its highest level (5) it says nothing. Spawned ranks inherit it.
+        os.environ.setdefault("KINETO_LOG_LEVEL", "6")
         context = multiprocessing.get_context("spawn")
         port = self._port = _free_port()
         self._procs, self._conns = [], []

@@ -1,16 +1,26 @@
 """Known failures: a plain file, one scenario-id pattern and its reason per line (array-api-tests' habit).
 
     # comment
-    ds1-*-bf16-*-w2   deepspeed#7985: bf16 ZeRO-1 drops the boundary micro-batch's gradient (< 0.19.0)
+    ds1-*-bf16-*-w2  [deepspeed<0.19.0]  deepspeed#7985: bf16 ZeRO-1 drops the boundary micro-batch's gradient
 
-Patterns are shell globs over scenario ids. A matching scenario that fails is ``xfail``; one that passes is
-``xpass``, which fails the run: a fixed bug must leave the file.
+Patterns are shell globs over scenario ids. An optional ``[...]`` after the pattern limits the line to the
+installed versions it names (requirements separated by ``;``, e.g. ``[deepspeed==0.18.9; accelerate>=1.8]``):
+one file serves the whole version matrix, and a line whose versions are not installed is inert. A matching
+scenario that fails is ``xfail``; one that passes is ``xpass``, which fails the run: a fixed bug must leave the
+file (or narrow its versions). The word ``nonstrict`` among the conditions is for a bug that strikes some runs
+and not others (a race): a pass is then a pass, not an xpass, and a failure still an xfail.
 """
 from __future__ import annotations
 
 import fnmatch
-from dataclasses import dataclass
+import importlib.metadata
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Mapping
+
+from packaging.requirements import InvalidRequirement, Requirement
+
+NONSTRICT = "nonstrict"
 
 
 class XfailsError(ValueError):
@@ -22,6 +32,40 @@ class Xfail:
     pattern: str
     reason: str
     line: int
+    requires: tuple[str, ...] = field(default=())
+    strict: bool = True  # False: the bug strikes intermittently, so a pass is not an xpass
+
+    def applies(self, versions: Mapping[str, str | None]) -> bool:
+        """Every named distribution is installed at a version the line names."""
+        for text in self.requires:
+            requirement = Requirement(text)
+            version = versions.get(requirement.name)
+            if version is None or not requirement.specifier.contains(version, prereleases=True):
+                return False
+        return True
+
+
+def installed_versions(names: tuple[str, ...] = ("accelerate", "deepspeed", "torch", "transformers")) -> dict[str, str | None]:
+    versions: dict[str, str | None] = {}
+    for name in names:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def _requirements(text: str, where: str) -> tuple[str, ...]:
+    found = []
+    for part in (p.strip() for p in text.split(";")):
+        if part == NONSTRICT:
+            continue
+        try:
+            Requirement(part)
+        except InvalidRequirement as exc:
+            raise XfailsError(f"{where}: bad version condition {part!r} ({exc})") from exc
+        found.append(part)
+    return tuple(found)
 
 
 def parse(text: str, source: str = "<xfails>") -> list[Xfail]:
@@ -36,7 +80,16 @@ def parse(text: str, source: str = "<xfails>") -> list[Xfail]:
         pattern, reason = parts[0], parts[1].strip()
         if any(ch.isspace() for ch in pattern) or pattern.startswith("-"):
             raise XfailsError(f"{source}:{number}: bad pattern {pattern!r}")
-        entries.append(Xfail(pattern, reason, number))
+        requires: tuple[str, ...] = ()
+        if reason.startswith("["):
+            condition, bracket, rest = reason[1:].partition("]")
+            if not bracket or not rest.strip():
+                raise XfailsError(f"{source}:{number}: expected '<pattern> [<versions>] <reason>', got {raw.strip()!r}")
+            requires, reason = _requirements(condition, f"{source}:{number}"), rest.strip()
+            strict = NONSTRICT not in (p.strip() for p in condition.split(";"))
+        else:
+            strict = True
+        entries.append(Xfail(pattern, reason, number, requires, strict))
     return entries
 
 
@@ -51,8 +104,22 @@ def load(path: str | Path) -> list[Xfail]:
     return parse(text, str(path))
 
 
-def match(entries: list[Xfail], scenario_id: str) -> Xfail | None:
+def match(entries: list[Xfail], scenario_id: str, versions: Mapping[str, str | None] | None = None) -> Xfail | None:
+    """The first line whose pattern matches and whose versions are installed (``versions``: the installed ones
+    unless given)."""
     for entry in entries:
         if fnmatch.fnmatchcase(scenario_id, entry.pattern):
+            if entry.requires and not entry.applies(versions if versions is not None else _installed()):
+                continue
             return entry
     return None
+
+
+_INSTALLED: dict[str, str | None] | None = None
+
+
+def _installed() -> dict[str, str | None]:
+    global _INSTALLED
+    if _INSTALLED is None:
+        _INSTALLED = installed_versions()
+    return _INSTALLED

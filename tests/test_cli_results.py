@@ -100,3 +100,28 @@ def test_interrupted_write_leaves_the_old_file_intact(tmp_path, monkeypatch) -> 
         results.write_atomic(path, "new")
     assert path.read_text() == "old"
     assert [p.name for p in Path(tmp_path).iterdir()] == ["summary.md"]
+
+
+def test_xfails_version_conditions_limit_a_line_to_the_versions_it_names() -> None:
+    entries = xfails.parse("ds1-*  [deepspeed==0.18.9]  deepspeed 0.18.9: Split view modified in place\n"
+                           "ds2-*  [deepspeed>=0.18,<0.19; accelerate>=1.8]  both conditions\n")
+    sid = "ds1-kwarg-uni4-sgd-fp32-clip1-w2"
+    assert xfails.match(entries, sid, {"deepspeed": "0.18.9"}).line == 1
+    assert xfails.match(entries, sid, {"deepspeed": "0.19.8"}) is None
+    assert xfails.match(entries, sid, {}) is None  # not installed: the line is inert
+    two = "ds2-auto-uni4-sgd-fp32-clip1-w2"
+    assert xfails.match(entries, two, {"deepspeed": "0.18.2", "accelerate": "1.15.0"}).line == 2
+    assert xfails.match(entries, two, {"deepspeed": "0.18.2", "accelerate": "1.7.0"}) is None
+
+
+@pytest.mark.parametrize("line", ["ds1-* [deepspeed==0.18.9", "ds1-* [deepspeed==] reason", "ds1-* [deepspeed==0.18.9]"])
+def test_malformed_version_conditions_name_the_line(line: str) -> None:
+    with pytest.raises(xfails.XfailsError, match=r"<xfails>:1"):
+        xfails.parse(line)
+
+
+def test_a_nonstrict_line_lets_an_intermittent_bug_pass() -> None:
+    entries = xfails.parse("ds3*-*  [deepspeed<0.19.8; nonstrict]  deepspeed#8539: race\nds1-*  strict one\n")
+    assert not xfails.match(entries, "ds3-auto-uni4-sgd-fp32-clip1-w2", {"deepspeed": "0.18.2"}).strict
+    assert xfails.match(entries, "ds3-auto-uni4-sgd-fp32-clip1-w2", {"deepspeed": "0.19.8"}) is None
+    assert xfails.match(entries, "ds1-auto-uni4-sgd-fp32-clip1-w2", {}).strict

@@ -124,3 +124,19 @@ def test_override_leaking_into_the_next_scenario_is_caught(world) -> None:
     assert result.ok
     assert _steps(after, result.traces), "the leaked override went unnoticed"
     assert not _steps(after, world.run(after, "reference").traces), "the reference must not be affected"
+
+
+@pytest.mark.world
+@pytest.mark.ds1
+def test_batch_split_invariance_sees_a_lost_backward_keyword(run_scenario) -> None:
+    """drops_backward_kwargs loses ``scale_wrt_gas=False``: with the user's token normalisation the (4, 2) split
+    is then divided by G once more and no longer trains like the (8, 1) split; the reference's does (P10)."""
+    scenario = Scenario("ds1", "kwarg", "uni2", micro_batch_size=4, model="gpt2", loss_norm="tokens")
+    reference_split = run_scenario(scenario.split_reference, "reference")
+    mutant, reference = run_scenario(scenario, _target("drops_backward_kwargs")), run_scenario(scenario, "reference")
+    assert reference_split.ok and mutant.ok and reference.ok
+    caught = properties.batch_split_invariant(scenario, mutant.traces, scenario.split_reference, reference_split.traces)
+    assert caught, "the lost keyword went unnoticed by P10"
+    assert "P10" in caught[0].message() and scenario.id in caught[0].message()
+    assert not properties.batch_split_invariant(scenario, reference.traces, scenario.split_reference,
+                                                reference_split.traces)

@@ -1,0 +1,213 @@
+"""Known-bug replay: run the catalogue's scenarios on the installed versions and say, per bug, whether an affected
+version shows the bug where the catalogue says it must and whether a fixed version passes.
+
+The catalogue is data (``conformance/known_bugs.toml``); this module only reads it, decides each bug's role for
+the installed versions, runs through the ordinary ``Runner`` (no xfails: the raw outcome is the point) and turns
+outcomes into verdicts. ``replay.json`` files from many envs merge into one table: bug → affected → fixed.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import tomllib
+
+from .results import write_atomic
+from .scenario import Scenario
+from .xfails import installed_versions
+
+DEFAULT_CATALOGUE = Path(__file__).resolve().parent.parent / "conformance" / "known_bugs.toml"
+SCHEMA = "accumgate.replay"
+# Verdicts: what a row says. The first two are the catalogue holding; the rest need a person.
+GOOD_VERDICTS = ("reproduced", "fixed", "not reproducible here", "fixed; other fail", "fixed; other error")
+
+
+class CatalogueError(ValueError):
+    """A malformed catalogue; the message names the file and the bug."""
+
+
+@dataclass(frozen=True)
+class KnownBug:
+    id: str
+    title: str
+    affected: tuple[str, ...]
+    fixed: tuple[str, ...]
+    fixed_in: str
+    target: str
+    expect: str
+    scenarios: tuple[Scenario, ...]
+    reproducible: bool = True
+    why_not: str = ""
+    seeds: int = 1  # an intermittent bug is run under this many seeds: reproduced if any shows it
+
+    def role(self, versions: Mapping[str, str | None]) -> str:
+        """``affected``, ``fixed`` or ``neither`` for these installed versions."""
+        if _satisfied(self.affected, versions):
+            return "affected"
+        if _satisfied(self.fixed, versions):
+            return "fixed"
+        return "neither"
+
+
+def _split(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(";") if part.strip())
+
+
+def _satisfied(requirements: Iterable[str], versions: Mapping[str, str | None]) -> bool:
+    from packaging.requirements import Requirement
+
+    for text in requirements:
+        requirement = Requirement(text)
+        version = versions.get(requirement.name)
+        if version is None or not requirement.specifier.contains(version, prereleases=True):
+            return False
+    return True
+
+
+def load(path: str | Path = DEFAULT_CATALOGUE) -> list[KnownBug]:
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise CatalogueError(f"{path}: {exc}") from exc
+    bugs = []
+    for number, entry in enumerate(data.get("bug", []), start=1):
+        name = entry.get("id", f"bug {number}")
+        try:
+            for key in ("affected", "fixed"):
+                for text in _split(entry[key]):
+                    Requirement(text)
+            scenarios = tuple(Scenario(**{"world_size": 1 if axes.get("backend") == "single" else 2} | axes)
+                              for axes in entry["scenarios"])
+            bugs.append(KnownBug(
+                id=entry["id"], title=entry["title"], affected=_split(entry["affected"]), fixed=_split(entry["fixed"]),
+                fixed_in=entry["fixed_in"], target=entry["target"], expect=entry["expect"], scenarios=scenarios,
+                reproducible=entry.get("reproducible", True), why_not=entry.get("why_not", ""),
+                seeds=int(entry.get("seeds", 1))))
+        except KeyError as exc:
+            raise CatalogueError(f"{path}: {name}: missing key {exc}") from exc
+        except (InvalidRequirement, TypeError, ValueError) as exc:
+            raise CatalogueError(f"{path}: {name}: {exc}") from exc
+    return bugs
+
+
+@dataclass
+class ReplayRow:
+    bug: str
+    scenario: str
+    target: str
+    role: str
+    outcome: str
+    shows: str  # the properties that deviated, or the error's last line
+    verdict: str
+    versions: dict[str, str | None] = field(default_factory=dict)
+
+
+def shows_expected(expect: str, outcome: Any) -> bool:
+    """Whether an outcome (``results.Outcome``) shows the bug the way the catalogue says it must."""
+    if expect.startswith("error:"):
+        text = expect.removeprefix("error:").strip()
+        return outcome.outcome == "error" and any(text in tb for tb in outcome.errors.values())
+    return outcome.outcome == "fail" and any(d["prop"] == expect for d in outcome.deviations)
+
+
+def what_it_shows(outcome: Any) -> str:
+    if outcome.outcome == "error":
+        last = next(iter(outcome.errors.values()), "").strip().splitlines()
+        return last[-1][:160] if last else "error"
+    if outcome.outcome == "fail":
+        return ", ".join(sorted({d["prop"] for d in outcome.deviations}))
+    return outcome.reason or ""
+
+
+def verdict(bug: KnownBug, role: str, outcome: Any) -> str:
+    """On an affected version the bug must show as the catalogue says; on a fixed version it must not show.
+    A fixed version failing some *other* way says so ("fixed; other fail"): the conformance run reports that
+    failure under its own name, and it does not make the bug unfixed."""
+    if role == "affected":
+        if not bug.reproducible:
+            return "not reproducible here"
+        if shows_expected(bug.expect, outcome):
+            return "reproduced"
+        return "NOT reproduced" if outcome.outcome == "pass" else f"other {outcome.outcome}"
+    if outcome.outcome == "pass":
+        return "fixed"
+    return f"still {outcome.outcome}" if shows_expected(bug.expect, outcome) else f"fixed; other {outcome.outcome}"
+
+
+def replay(bugs: Iterable[KnownBug], backends: Iterable[str] | None = None,
+           versions: Mapping[str, str | None] | None = None, job_timeout_s: float = 120.0) -> list[ReplayRow]:
+    """Run every scenario of every bug whose role here is affected or fixed (and whose backend is selected)."""
+    from .runner import Runner, WorldPool
+
+    versions = dict(versions or installed_versions())
+    keep = set(backends) if backends else None
+    pool = WorldPool(job_timeout_s)
+    runners: dict[str, Runner] = {}
+    rows = []
+    try:
+        for bug in bugs:
+            role = bug.role(versions)
+            if role == "neither":
+                continue
+            for scenario in bug.scenarios:
+                if keep is not None and scenario.backend not in keep:
+                    continue
+                runner = runners.setdefault(bug.target, Runner(bug.target, pool=pool))
+                outcomes = [runner.outcome(dataclasses.replace(scenario, seed=seed)) for seed in range(bug.seeds)]
+                verdicts = [verdict(bug, role, o) for o in outcomes]
+                # One row per scenario: the first run that shows the bug (or the first non-pass) speaks for all.
+                pick = next((k for k, v in enumerate(verdicts) if v in ("reproduced", "still fail", "still error")),
+                            next((k for k, o in enumerate(outcomes) if o.outcome != "pass"), 0))
+                shows = what_it_shows(outcomes[pick])
+                if bug.seeds > 1:
+                    struck = sum(shows_expected(bug.expect, o) for o in outcomes)
+                    shows = f"{struck}/{bug.seeds} seeds show it" + (f"; {shows}" if shows else "")
+                rows.append(ReplayRow(bug.id, scenario.id, bug.target, role, outcomes[pick].outcome, shows,
+                                      verdicts[pick], versions))
+    finally:
+        pool.close()
+    return rows
+
+
+def write(rows: list[ReplayRow], directory: str | Path) -> Path:
+    path = Path(directory) / "replay.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, json.dumps({"schema": SCHEMA, "rows": [asdict(r) for r in rows]}, indent=1) + "\n")
+    return path
+
+
+def read_all(directories: Iterable[str | Path]) -> list[ReplayRow]:
+    """Every ``replay.json`` under the given directories (each env writes its own)."""
+    rows = []
+    for directory in directories:
+        for path in sorted(Path(directory).rglob("replay.json")):
+            data = json.loads(path.read_text())
+            if data.get("schema") != SCHEMA:
+                raise CatalogueError(f"{path}: not an accumgate replay file")
+            rows += [ReplayRow(**row) for row in data["rows"]]
+    return rows
+
+
+def _pair(versions: Mapping[str, str | None]) -> str:
+    return f"accelerate {versions.get('accelerate')} + deepspeed {versions.get('deepspeed')}"
+
+
+def table(bugs: list[KnownBug], rows: list[ReplayRow]) -> list[dict[str, str]]:
+    """One line per bug: every run on an affected version and on a fixed version, with verdicts."""
+    out = []
+    for bug in bugs:
+        mine = [r for r in rows if r.bug == bug.id]
+        cells = {}
+        for role in ("affected", "fixed"):
+            seen = sorted({f"{_pair(r.versions)}: {r.scenario.split('-')[0]} {r.outcome} → {r.verdict}"
+                           for r in mine if r.role == role})
+            cells[role] = "; ".join(seen) if seen else "not run"
+        out.append({"bug": bug.id, "title": bug.title, "expect": bug.expect, "fixed_in": bug.fixed_in,
+                    "affected": cells["affected"], "fixed": cells["fixed"],
+                    "note": "" if bug.reproducible else bug.why_not})
+    return out

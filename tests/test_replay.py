@@ -1,0 +1,104 @@
+"""The known-bug catalogue and the support matrix: data that loads, roles decided by versions, verdicts decided
+by outcomes, and a README table that is the generated one (no world needed)."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from harness import replay
+from harness.reports import support
+from harness.reports.merge import Merged
+from harness.results import Outcome
+
+ROOT = Path(__file__).resolve().parent.parent
+OLD = {"accelerate": "1.7.0", "deepspeed": "0.15.4"}
+NEW = {"accelerate": "1.15.0", "deepspeed": "0.19.8"}
+
+
+@pytest.fixture(scope="module")
+def bugs() -> dict[str, replay.KnownBug]:
+    return {bug.id: bug for bug in replay.load()}
+
+
+def test_catalogue_names_threads_versions_and_scenarios(bugs) -> None:
+    assert {"accelerate#3552", "accelerate#3656", "deepspeed 0.18.9 ZeRO-1/2", "deepspeed#7985", "deepspeed#7837"} <= set(bugs)
+    for bug in bugs.values():
+        assert bug.scenarios and bug.affected and bug.fixed and bug.fixed_in
+        assert bug.expect.startswith(("P", "error:")), bug.expect
+        assert bug.reproducible or bug.why_not, f"{bug.id}: a bug kept as not reproducible must say why"
+
+
+@pytest.mark.parametrize(("bug", "versions", "role"), [
+    ("accelerate#3552", OLD, "affected"),
+    ("accelerate#3552", NEW, "fixed"),
+    ("accelerate#3656", {"accelerate": "1.8.1", "deepspeed": "0.19.8"}, "affected"),
+    ("accelerate#3656", {"accelerate": "1.10.1", "deepspeed": "0.19.8"}, "fixed"),
+    ("accelerate#3656", OLD, "neither"),  # deepspeed 0.15 has no engine no_sync: the bug cannot arise
+    ("deepspeed 0.18.9 ZeRO-1/2", {"accelerate": "1.15.0", "deepspeed": "0.18.9"}, "affected"),
+    ("deepspeed 0.18.9 ZeRO-1/2", {"accelerate": "1.15.0", "deepspeed": "0.18.2"}, "neither"),
+    ("deepspeed#7837", {"accelerate": "1.15.0", "deepspeed": "0.18.2"}, "affected"),
+])
+def test_roles_follow_the_installed_versions(bugs, bug: str, versions: dict, role: str) -> None:
+    assert bugs[bug].role(versions) == role
+
+
+def _outcome(outcome: str, prop: str | None = None, error: str | None = None) -> Outcome:
+    return Outcome(scenario="ds0-auto-tail442-sgd-fp32-clip1-w2", outcome=outcome,
+                   deviations=[{"prop": prop, "where": "", "tensor": "", "message": ""}] if prop else [],
+                   errors={"0": f"Traceback\nRuntimeError: {error}"} if error else {})
+
+
+def test_verdicts_need_the_property_or_error_the_catalogue_names(bugs) -> None:
+    steps, split = bugs["accelerate#3552"], bugs["deepspeed 0.18.9 ZeRO-1/2"]
+    assert replay.verdict(steps, "affected", _outcome("fail", "P4 boundaries")) == "reproduced"
+    assert replay.verdict(steps, "affected", _outcome("fail", "P2 backend≡oracle")) == "other fail"
+    assert replay.verdict(steps, "affected", _outcome("pass")) == "NOT reproduced"
+    assert replay.verdict(steps, "fixed", _outcome("pass")) == "fixed"
+    assert replay.verdict(steps, "fixed", _outcome("fail", "P4 boundaries")) == "still fail"
+    shown = _outcome("error", error="Output 0 of SplitBackward0 is a view and is being modified inplace.")
+    assert replay.verdict(split, "affected", shown) == "reproduced"
+    assert replay.verdict(split, "affected", _outcome("error", error="something else")) == "other error"
+
+
+def test_table_puts_affected_and_fixed_runs_side_by_side(bugs) -> None:
+    rows = [replay.ReplayRow("accelerate#3552", "ds0-auto-tail442-sgd-fp32-clip1-w2", "native", "affected", "fail",
+                             "P4 boundaries", "reproduced", OLD),
+            replay.ReplayRow("accelerate#3552", "ds0-auto-tail442-sgd-fp32-clip1-w2", "native", "fixed", "pass", "",
+                             "fixed", NEW)]
+    line = next(r for r in replay.table(list(bugs.values()), rows) if r["bug"] == "accelerate#3552")
+    assert "accelerate 1.7.0 + deepspeed 0.15.4: ds0 fail → reproduced" in line["affected"]
+    assert "accelerate 1.15.0 + deepspeed 0.19.8: ds0 pass → fixed" in line["fixed"]
+
+
+def test_malformed_catalogue_names_the_bug(tmp_path) -> None:
+    bad = tmp_path / "bugs.toml"
+    bad.write_text('[[bug]]\nid = "x#1"\ntitle = "t"\naffected = "deepspeed<<1"\nfixed = "deepspeed>=1"\n'
+                   'fixed_in = "1"\ntarget = "native"\nexpect = "P4 boundaries"\nscenarios = []\n')
+    with pytest.raises(replay.CatalogueError, match=r"x#1"):
+        replay.load(bad)
+
+
+def test_support_matrix_rows_are_versions_and_stages() -> None:
+    env = "reference · accelerate 1.15.0 · deepspeed 0.19.8"
+    outcomes = [Outcome("ds3-auto-uni4-sgd-fp32-clip1-w2", "pass", axes={"backend": "ds3", "api": "auto"}, env=env),
+                Outcome("ds3off-kwarg-uni4-sgd-fp32-clip1-w2", "fail", axes={"backend": "ds3off", "api": "kwarg"},
+                        env=env),
+                Outcome("ddp-auto-uni4-sgd-fp32-clip1-w2", "pass", axes={"backend": "ddp", "api": "auto"}, env=env)]
+    table = support.matrix_table(Merged(runs=[], outcomes=outcomes))
+    assert "| 1.15.0 | 0.19.8 | 3 | ✔ 1 pass | · |" in table
+    assert "| 1.15.0 | 0.19.8 | 3 +offload | · | ✘ 1 fail |" in table
+    assert "ddp" not in table
+
+
+def test_readme_table_is_the_generated_one() -> None:
+    """The README's block is rewritten by `tox -e report` together with docs/support-matrix.md: the same rows."""
+    readme = (ROOT / "README.md").read_text()
+    block = readme[readme.index(support.README_START):readme.index(support.README_END)]
+    generated = (ROOT / "docs" / "support-matrix.md").read_text()
+    rows = [line for line in block.splitlines() if re.match(r"\| \d", line)]
+    assert rows, "the README's support-matrix block has no version rows"
+    for line in rows:
+        assert line in generated, f"README row not in docs/support-matrix.md (hand-edited?): {line}"
+    assert support.not_runnable_table() in block and support.not_runnable_table() in generated
