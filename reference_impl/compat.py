@@ -130,4 +130,21 @@ def capabilities() -> dict[str, Any]:
     caps["engine_managed_accumulation_key"] = callable(getattr(DeepSpeedEngine, "managed_gradient_accumulation", None))
     caps["engine_scale_wrt_gas"] = "scale_wrt_gas" in parameters_of(DeepSpeedEngine.backward)
     caps["engine_get_global_grad_norm"] = callable(getattr(DeepSpeedEngine, "get_global_grad_norm", None))
+    caps["engine_destroy"] = callable(getattr(DeepSpeedEngine, "destroy", None))
+    caps["zero_compute_grad_norm_key"] = _zero_config_has("compute_grad_norm")
+    # Where the pre-clip global norm that optimizer_step_and_zero_grad returns comes from, per ZeRO stage: a plain
+    # torch optimizer at ZeRO-0 has none (the engine reports None), so the reference measures it itself.
+    caps["grad_norm_source_zero0"] = "reference (measured before the step)"
+    caps["grad_norm_source_zero1_3"] = "engine.get_global_grad_norm()" + (
+        " (None if zero_optimization.compute_grad_norm is false)" if caps["zero_compute_grad_norm_key"] else "")
     return caps
+
+
+def _zero_config_has(key: str) -> bool:
+    """A field of DeepSpeed's ZeRO config model, under pydantic 2 (``model_fields``) or 1 (``__fields__``)."""
+    try:
+        from deepspeed.runtime.zero.config import DeepSpeedZeroConfig
+    except Exception:
+        return False
+    fields = getattr(DeepSpeedZeroConfig, "model_fields", None) or getattr(DeepSpeedZeroConfig, "__fields__", {})
+    return key in fields
