@@ -145,9 +145,19 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from .reports.merge import merge
     from .reports.render import write_reports
     from .results import ResultsError
+    from .xfails import XfailsError, load
 
+    rejudge = {}
+    for spec in args.xfails or []:
+        target, sep, path = spec.partition("=")
+        if not sep or not target or not path:
+            raise UsageError(f"--xfails {spec!r}: expected TARGET=FILE, e.g. reference=conformance/xfails/reference.txt")
+        try:
+            rejudge[target] = load(path)
+        except XfailsError as exc:
+            raise UsageError(str(exc)) from exc
     try:
-        merged = merge(args.paths)
+        merged = merge(args.paths, rejudge)
     except ResultsError as exc:
         raise UsageError(str(exc)) from exc
     written = write_reports(merged, Path(args.out))
@@ -156,7 +166,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
         from .reports import support
         from .results import write_atomic
 
-        bug_rows = replay.table(replay.load(), replay.read_all(args.paths))
+        bug_rows = replay.table(replay.load(args.catalogue), replay.read_all(args.paths))
         write_atomic(Path(args.support_matrix), support.render(merged, bug_rows))
         written.append(Path(args.support_matrix))
         if args.readme:
@@ -261,8 +271,12 @@ def build_parser() -> argparse.ArgumentParser:
     report = commands.add_parser("report", help="merge results.json files into matrix.md, matrix.html, merged.json")
     report.add_argument("paths", nargs="+", metavar="DIR_OR_FILE", help="results.json files or directories holding them")
     report.add_argument("--out", default="reports", metavar="DIR", help="where the matrix goes (default reports/)")
+    report.add_argument("--xfails", action="append", default=None, metavar="TARGET=FILE",
+                        help="judge TARGET's recorded outcomes again with this xfails file (repeatable)")
     report.add_argument("--support-matrix", default=None, metavar="MD",
                         help="also write the versions × stages × API styles table and the replay table here")
+    report.add_argument("--catalogue", default=None, metavar="TOML",
+                        help="known-bug catalogue for the replay table (default: conformance/known_bugs.toml)")
     report.add_argument("--readme", default=None, metavar="MD",
                         help="with --support-matrix: rewrite the table between the README's support-matrix markers")
     report.set_defaults(func=_cmd_report)

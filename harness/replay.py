@@ -18,7 +18,14 @@ from .results import write_atomic
 from .scenario import Scenario
 from .xfails import installed_versions
 
-DEFAULT_CATALOGUE = Path(__file__).resolve().parent.parent / "conformance" / "known_bugs.toml"
+CATALOGUE_IN_CHECKOUT = Path("conformance") / "known_bugs.toml"
+
+
+def default_catalogue() -> Path:
+    """The checkout's catalogue (the CLI runs from the repository root; tox passes the path explicitly); the
+    installed wheel carries ``harness`` but not ``conformance/``."""
+    here = Path(__file__).resolve().parent.parent / CATALOGUE_IN_CHECKOUT
+    return CATALOGUE_IN_CHECKOUT if CATALOGUE_IN_CHECKOUT.is_file() else here
 SCHEMA = "accumgate.replay"
 # Verdicts: what a row says. The first two are the catalogue holding; the rest need a person.
 GOOD_VERDICTS = ("reproduced", "fixed", "not reproducible here", "fixed; other fail", "fixed; other error")
@@ -66,10 +73,10 @@ def _satisfied(requirements: Iterable[str], versions: Mapping[str, str | None]) 
     return True
 
 
-def load(path: str | Path = DEFAULT_CATALOGUE) -> list[KnownBug]:
+def load(path: str | Path | None = None) -> list[KnownBug]:
     from packaging.requirements import InvalidRequirement, Requirement
 
-    path = Path(path)
+    path = Path(path) if path is not None else default_catalogue()
     try:
         data = tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError) as exc:

@@ -141,3 +141,27 @@ def test_bad_files_are_a_one_line_usage_error(tmp_path: Path, content: str, caps
     assert cli.main(["report", str(bad), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and all(line.startswith("accumgate: error:") for line in err)
+
+
+def test_report_can_judge_recorded_outcomes_again_with_a_newer_xfails_file() -> None:
+    """Triage after the fact: the run's evidence stays, the current xfails file (at the run's versions) decides."""
+    from harness.reports.merge import rejudge
+    from harness.results import Outcome
+    from harness.xfails import parse
+
+    entries = parse("ds1-*  [deepspeed==0.18.9]  split view bug\nds3*-*  [deepspeed<0.19.8; nonstrict]  race\n")
+    old = {"deepspeed": "0.18.9"}
+    failed = Outcome("ds1-auto-uni4-sgd-fp32-clip1-w2", "fail", deviations=[{"prop": "P2"}])
+    rejudge(failed, entries, old)
+    assert (failed.outcome, failed.reason) == ("xfail", "split view bug")
+    rejudge(failed, entries, {"deepspeed": "0.19.8"})
+    assert failed.outcome == "fail" and failed.reason is None
+    passed = Outcome("ds1-auto-uni4-sgd-fp32-clip1-w2", "pass")
+    rejudge(passed, entries, old)
+    assert passed.outcome == "xpass"
+    lucky = Outcome("ds3-auto-uni4-sgd-fp32-clip1-w2", "pass")
+    rejudge(lucky, entries, old)
+    assert lucky.outcome == "pass" and "intermittent" in lucky.reason
+    errored = Outcome("ds3-auto-uni4-sgd-fp32-clip1-w2", "xfail", errors={"0": "boom"})
+    rejudge(errored, entries, {"deepspeed": "0.19.8"})
+    assert errored.outcome == "error"

@@ -71,8 +71,44 @@ class Merged:
                           wall_seconds=sum(r.wall_seconds for _, r in self.runs))
 
 
-def merge(paths: Iterable[str | Path]) -> Merged:
+def raw_outcome(outcome: Outcome) -> str:
+    """What the run itself measured, before any xfails file judged it."""
+    if outcome.outcome == "xfail":
+        return "error" if outcome.errors else "fail"
+    if outcome.outcome == "xpass":
+        return "pass"
+    return outcome.outcome
+
+
+def rejudge(outcome: Outcome, entries: list, versions: dict) -> None:
+    """Judge a recorded outcome again against an xfails file (the versions are the run's own): the evidence
+    is unchanged, only which failures are known. Lets a triaged xfails file be applied to runs already made."""
+    from ..xfails import match
+
+    raw = raw_outcome(outcome)
+    if raw not in ("pass", "fail", "error"):
+        return
+    known = match(entries, outcome.scenario, versions)
+    if known is None:
+        outcome.outcome, outcome.reason = raw, None
+    elif raw != "pass":
+        outcome.outcome, outcome.reason = "xfail", known.reason
+    elif known.strict:
+        outcome.outcome, outcome.reason = "xpass", known.reason
+    else:
+        outcome.outcome, outcome.reason = "pass", f"passed this run; known intermittent: {known.reason}"
+
+
+def merge(paths: Iterable[str | Path], xfails: dict[str, list] | None = None) -> Merged:
+    """``xfails``: target -> parsed xfails entries to judge that target's recorded outcomes with again."""
     runs = [(path, load(path)) for path in find_results(paths)]
+    for _, run in runs:
+        entries = (xfails or {}).get(run.target)
+        if entries is not None:
+            caps = run.environment.get("capabilities", {})
+            versions = {name: caps.get(name) for name in ("accelerate", "deepspeed", "torch", "transformers")}
+            for outcome in run.outcomes:
+                rejudge(outcome, entries, versions)
     by_key: dict[tuple[str, str], Outcome] = {}
     for _, run in runs:
         label = environment_label(run) if "merged" not in run.environment else None

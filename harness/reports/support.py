@@ -19,7 +19,13 @@ from ..results import SEVERITY
 from ..scenario import API_STYLES
 from .merge import Merged
 
-NOT_RUNNABLE = Path(__file__).resolve().parents[2] / "conformance" / "not_runnable.toml"
+NOT_RUNNABLE_IN_CHECKOUT = Path("conformance") / "not_runnable.toml"
+
+
+def not_runnable_path() -> Path:
+    """The checkout's list (run from the repository root), else next to the source tree."""
+    here = Path(__file__).resolve().parents[2] / NOT_RUNNABLE_IN_CHECKOUT
+    return NOT_RUNNABLE_IN_CHECKOUT if NOT_RUNNABLE_IN_CHECKOUT.is_file() else here
 README_START, README_END = "<!-- support-matrix:start -->", "<!-- support-matrix:end -->"
 SYMBOL = {"pass": "✔", "fail": "✘", "error": "⚠", "unsupported": "∅", "xfail": "✘ₓ", "xpass": "✔!"}
 
@@ -70,8 +76,8 @@ def matrix_table(merged: Merged) -> str:
     return "\n".join(lines)
 
 
-def not_runnable_table(path: Path = NOT_RUNNABLE) -> str:
-    entries = tomllib.loads(path.read_text()).get("pairing", [])
+def not_runnable_table(path: Path | None = None) -> str:
+    entries = tomllib.loads((path or not_runnable_path()).read_text()).get("pairing", [])
     lines = ["| versions | stages | why it cannot run here | measured |", "|---|---|---|---|"]
     lines += [f"| {e['versions']} | {e['stages']} | {e['reason']} | {e['measured']} |" for e in entries]
     return "\n".join(lines)
