@@ -7,6 +7,7 @@ outcomes into verdicts. ``replay.json`` files from many envs merge into one tabl
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
