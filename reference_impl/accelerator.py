@@ -6,13 +6,15 @@ the dependencies' own (1/configured G); this class only decides *when* the optim
 """
 from __future__ import annotations
 
+import contextlib
 import warnings
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType
 
+from .compat import engine_partitions_gradients
 from .deepspeed_wrapper import BoundaryAwareDeepSpeedEngineWrapper
 
 
@@ -54,6 +56,18 @@ class BoundaryAwareAccelerator(Accelerator):
         self._ddp_wrapped = []
         self._last_boundary = None
         return super().free_memory(*objects)
+
+    @contextlib.contextmanager
+    def no_sync(self, model: torch.nn.Module) -> Iterator[None]:
+        """accelerate 1.8.x enters the engine's ``no_sync()`` at every ZeRO stage, and DeepSpeed >= 0.16 asserts
+        at ZeRO-2/3 (gradient partitioning reduces every micro-batch by design), so ``accumulate()`` failed
+        there; accelerate 1.9 (#3656) made it a no-op context at those stages. Same rule on any accelerate,
+        decided by what the engine says of itself, not by a version."""
+        if self.distributed_type == DistributedType.DEEPSPEED and engine_partitions_gradients(model):
+            yield
+            return
+        with super().no_sync(model):
+            yield
 
     # -- boundary -----------------------------------------------------------------------------------------
     def set_deepspeed_gradient_accumulation_boundary(self, is_boundary: bool | None) -> None:

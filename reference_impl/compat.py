@@ -45,6 +45,12 @@ def engine_zero_stage(engine: Any) -> int:
     return int(stage()) if callable(stage) else 0
 
 
+def engine_partitions_gradients(engine: Any) -> bool:
+    """ZeRO-2/3 partition gradients, and DeepSpeed's ``no_sync()`` asserts there (#6675, 0.16+)."""
+    partitions = getattr(engine, "zero_optimization_partition_gradients", None)
+    return bool(partitions()) if callable(partitions) else engine_zero_stage(engine) >= 2
+
+
 def engine_gradient_clipping(engine: Any) -> float:
     clipping = getattr(engine, "gradient_clipping", None)
     return float(clipping()) if callable(clipping) else 0.0
