@@ -2,11 +2,9 @@
 and never silent wrong training; where it can, it trains right."""
 from __future__ import annotations
 
-import pytest
-
 from harness import oracle
 from harness.properties import P2, P4, P5, P7, P9, matches_oracle, steps_at_boundaries
-from harness.pytest_plugin import accumgate, check
+from harness.pytest_plugin import accumgate, check, xfail_if_known
 
 MANAGED_KEY = "managed_gradient_accumulation"
 
@@ -14,13 +12,11 @@ MANAGED_KEY = "managed_gradient_accumulation"
 def _assert_trains_right(runner, scenario, result, label: str) -> None:
     """The probe trained, at the boundaries, as the oracle says; a known failure of this scenario on the
     installed versions (the xfails file) is an xfail here too."""
-    known = runner.xfail_for(scenario)
     deviations = []
     if result.ok:
         deviations = steps_at_boundaries(scenario, result.traces) + matches_oracle(
             scenario, result.traces, oracle.expected(scenario))
-    if known and (deviations or not result.ok):
-        pytest.xfail(known.reason)
+    xfail_if_known(runner, scenario, failed=bool(deviations) or not result.ok)
     assert result.ok, f"{scenario.id} · {P9} · {label}:\n{_last_lines(result)}"
     assert not deviations, "\n".join(d.message() for d in deviations[:8])
 

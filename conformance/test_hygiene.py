@@ -1,11 +1,9 @@
 """P8 hygiene: nothing of one window or one scenario leaks into the next."""
 from __future__ import annotations
 
-import pytest
-
 from harness import oracle
 from harness.properties import P8, bit_identical, matches_oracle, steps_at_boundaries
-from harness.pytest_plugin import accumgate, check
+from harness.pytest_plugin import accumgate, check, xfail_if_known
 from harness.scenario import Scenario
 
 
@@ -36,7 +34,6 @@ def test_no_boundary_override_leaks_into_the_next_scenario(accumgate_runner, sce
                                baseline_label=f"its own run (this run followed {first.id})")
     deviations += steps_at_boundaries(scenario, after.traces)
     deviations += matches_oracle(scenario, after.traces, oracle.expected(scenario))
-    known = runner.xfail_for(scenario)
-    if deviations and known:  # e.g. the ZeRO-3 gather race of old DeepSpeed strikes this probe run as any other
-        pytest.xfail(known.reason)
+    # e.g. the ZeRO-3 gather race of old DeepSpeed strikes this probe run as any other
+    xfail_if_known(runner, scenario, failed=bool(deviations))
     assert not deviations, "\n".join(d.message() for d in deviations[:8])

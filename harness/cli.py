@@ -221,7 +221,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     from . import replay
 
     try:
-        bugs = replay.load(args.catalogue) if args.catalogue else replay.load()
+        bugs = replay.load(args.catalogue)
     except replay.CatalogueError as exc:
         raise UsageError(str(exc)) from exc
     if args.table:

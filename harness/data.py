@@ -10,6 +10,8 @@ with padding masked out of the loss (-100): the token-level loss that makes batc
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from .models import GPT2_POSITIONS, GPT2_VOCAB, IN_FEATURES, OUT_FEATURES
@@ -42,8 +44,10 @@ def loss_tokens(batch: dict[str, torch.Tensor]) -> int:
     return int((batch["labels"][:, 1:] != -100).sum())
 
 
+@functools.lru_cache(maxsize=256)
 def window_tokens(model: str, seed: int, rank: int, window: range, size: int) -> int:
-    """The rank's loss-token count over a whole window: the denominator of the user's own normalisation."""
+    """The rank's loss-token count over a whole window: the denominator of the user's own normalisation.
+    Cached: every micro-batch of the window (and the oracle, per rank) asks for it."""
     return sum(loss_tokens(micro_batch(model, seed, rank, index, size)) for index in window)
 
 

@@ -17,7 +17,7 @@ import tomllib
 
 from .results import write_atomic
 from .scenario import Scenario
-from .xfails import installed_versions
+from .xfails import installed_versions, requirements_met
 
 CATALOGUE_IN_CHECKOUT = Path("conformance") / "known_bugs.toml"
 
@@ -52,26 +52,15 @@ class KnownBug:
 
     def role(self, versions: Mapping[str, str | None]) -> str:
         """``affected``, ``fixed`` or ``neither`` for these installed versions."""
-        if _satisfied(self.affected, versions):
+        if requirements_met(self.affected, versions):
             return "affected"
-        if _satisfied(self.fixed, versions):
+        if requirements_met(self.fixed, versions):
             return "fixed"
         return "neither"
 
 
 def _split(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(";") if part.strip())
-
-
-def _satisfied(requirements: Iterable[str], versions: Mapping[str, str | None]) -> bool:
-    from packaging.requirements import Requirement
-
-    for text in requirements:
-        requirement = Requirement(text)
-        version = versions.get(requirement.name)
-        if version is None or not requirement.specifier.contains(version, prereleases=True):
-            return False
-    return True
 
 
 def load(path: str | Path | None = None) -> list[KnownBug]:

@@ -13,7 +13,7 @@ from .compare import Deviation
 from .results import Outcome, RunResults, environment
 from .scenario import Scenario
 from .world import JobResult, World
-from .xfails import Xfail, match
+from .xfails import Xfail, judge, match
 
 MAX_DEVIATIONS_KEPT = 8
 
@@ -167,9 +167,7 @@ class Runner:
             base.deviations = [{"prop": d.prop, "where": d.where, "tensor": d.tensor, "message": d.message()}
                                for d in found[:MAX_DEVIATIONS_KEPT]]
             base.metrics = properties.oracle_errors(scenario, result.traces, expected)
-            # The drift is measured where a split group is run (SGD, fp32), never at the price of an extra job.
-            reference_traces = (self.split_reference_traces(scenario)
-                                if scenario.optimizer == "sgd" and scenario.precision == "fp32" else None)
+            reference_traces = self.split_reference_traces(scenario) if properties.split_compared(scenario) else None
             if reference_traces is not None:
                 base.metrics["split_window_loss_drift"] = properties.split_loss_drift(
                     scenario, result.traces, scenario.split_reference, reference_traces)
@@ -178,14 +176,10 @@ class Runner:
             base.outcome = "fail" if found else "pass"
         base.seconds = result.seconds + (time.perf_counter() - started)
         known = self.xfail_for(scenario)
-        if known:
-            base.reason = known.reason if base.outcome != "unsupported" else f"{base.reason} · xfail: {known.reason}"
-            if base.outcome != "pass":
-                base.outcome = "xfail"
-            elif known.strict:
-                base.outcome = "xpass"
-            else:  # an intermittent bug that did not strike this run
-                base.reason = f"passed this run; known intermittent: {known.reason}"
+        if known and base.outcome == "unsupported":
+            base.outcome, base.reason = "xfail", f"{base.reason} · xfail: {known.reason}"
+        elif known:
+            base.outcome, base.reason = judge(base.outcome, known)
         return base
 
     def outcomes(self) -> list[Outcome]:

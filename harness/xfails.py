@@ -16,7 +16,7 @@ import fnmatch
 import importlib.metadata
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Iterable, Mapping
 
 from packaging.requirements import InvalidRequirement, Requirement
 
@@ -37,15 +37,35 @@ class Xfail:
 
     def applies(self, versions: Mapping[str, str | None]) -> bool:
         """Every named distribution is installed at a version the line names."""
-        for text in self.requires:
-            requirement = Requirement(text)
-            version = versions.get(requirement.name)
-            if version is None or not requirement.specifier.contains(version, prereleases=True):
-                return False
-        return True
+        return requirements_met(self.requires, versions)
 
 
-def installed_versions(names: tuple[str, ...] = ("accelerate", "deepspeed", "torch", "transformers")) -> dict[str, str | None]:
+# The distributions whose versions decide a known failure (xfails lines, the replay catalogue, recorded runs).
+VERSIONED = ("accelerate", "deepspeed", "torch", "transformers")
+
+
+def requirements_met(requirements: Iterable[str], versions: Mapping[str, str | None]) -> bool:
+    """Every pip requirement (``deepspeed>=0.16,<0.19``) names an installed distribution at a version it allows."""
+    for text in requirements:
+        requirement = Requirement(text)
+        version = versions.get(requirement.name)
+        if version is None or not requirement.specifier.contains(version, prereleases=True):
+            return False
+    return True
+
+
+def judge(raw: str, known: "Xfail | None") -> tuple[str, str | None]:
+    """The outcome and reason an xfails line makes of what a run measured (``pass``, ``fail`` or ``error``)."""
+    if known is None:
+        return raw, None
+    if raw != "pass":
+        return "xfail", known.reason
+    if known.strict:
+        return "xpass", known.reason
+    return "pass", f"passed this run; known intermittent: {known.reason}"
+
+
+def installed_versions(names: tuple[str, ...] = VERSIONED) -> dict[str, str | None]:
     versions: dict[str, str | None] = {}
     for name in names:
         try:

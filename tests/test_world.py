@@ -21,6 +21,10 @@ BACKEND_SCENARIOS = [
     Scenario("ds2", "kwarg", "dyn3142"),
     Scenario("ds3", "kwarg", "dyn3142", model="gpt2"),
     Scenario("ds2off", "set_boundary", "forced4264", optimizer="adamw"),
+    # A prepared DataLoader registers itself in accelerate's GradientState (the state a reset must clear), and
+    # backward keywords plus the window-token normalisation reach the engine.
+    Scenario("ds0", "auto", "tail442"),
+    Scenario("ds1", "kwarg", "uni2", micro_batch_size=4, model="gpt2", loss_norm="tokens"),
 ]
 
 

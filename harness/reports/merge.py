@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Iterable
 
 from ..results import SEVERITY, Outcome, ResultsError, RunResults, environment_label, load
+from ..xfails import VERSIONED
 
 
 def find_results(paths: Iterable[str | Path]) -> list[Path]:
@@ -83,20 +84,11 @@ def raw_outcome(outcome: Outcome) -> str:
 def rejudge(outcome: Outcome, entries: list, versions: dict) -> None:
     """Judge a recorded outcome again against an xfails file (the versions are the run's own): the evidence
     is unchanged, only which failures are known. Lets a triaged xfails file be applied to runs already made."""
-    from ..xfails import match
+    from ..xfails import judge, match
 
     raw = raw_outcome(outcome)
-    if raw not in ("pass", "fail", "error"):
-        return
-    known = match(entries, outcome.scenario, versions)
-    if known is None:
-        outcome.outcome, outcome.reason = raw, None
-    elif raw != "pass":
-        outcome.outcome, outcome.reason = "xfail", known.reason
-    elif known.strict:
-        outcome.outcome, outcome.reason = "xpass", known.reason
-    else:
-        outcome.outcome, outcome.reason = "pass", f"passed this run; known intermittent: {known.reason}"
+    if raw in ("pass", "fail", "error"):
+        outcome.outcome, outcome.reason = judge(raw, match(entries, outcome.scenario, versions))
 
 
 def merge(paths: Iterable[str | Path], xfails: dict[str, list] | None = None) -> Merged:
@@ -106,7 +98,7 @@ def merge(paths: Iterable[str | Path], xfails: dict[str, list] | None = None) ->
         entries = (xfails or {}).get(run.target)
         if entries is not None:
             caps = run.environment.get("capabilities", {})
-            versions = {name: caps.get(name) for name in ("accelerate", "deepspeed", "torch", "transformers")}
+            versions = {name: caps.get(name) for name in VERSIONED}
             for outcome in run.outcomes:
                 rejudge(outcome, entries, versions)
     by_key: dict[tuple[str, str], Outcome] = {}

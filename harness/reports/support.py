@@ -18,6 +18,7 @@ from packaging.version import Version
 from ..results import SEVERITY
 from ..scenario import API_STYLES
 from .merge import Merged
+from .render import SYMBOL, counts_text
 
 NOT_RUNNABLE_IN_CHECKOUT = Path("conformance") / "not_runnable.toml"
 
@@ -27,7 +28,6 @@ def not_runnable_path() -> Path:
     here = Path(__file__).resolve().parents[2] / NOT_RUNNABLE_IN_CHECKOUT
     return NOT_RUNNABLE_IN_CHECKOUT if NOT_RUNNABLE_IN_CHECKOUT.is_file() else here
 README_START, README_END = "<!-- support-matrix:start -->", "<!-- support-matrix:end -->"
-SYMBOL = {"pass": "✔", "fail": "✘", "error": "⚠", "unsupported": "∅", "xfail": "✘ₓ", "xpass": "✔!"}
 
 
 def _stage(backend: str) -> str | None:
@@ -63,7 +63,7 @@ def _cell(counts: Counter | None) -> str:
     if not counts:
         return "·"
     worst = max(counts, key=lambda o: SEVERITY[o])
-    return f"{SYMBOL[worst]} " + " ".join(f"{n} {name}" for name, n in sorted(counts.items(), key=lambda kv: -SEVERITY[kv[0]]))
+    return f"{SYMBOL[worst]} {counts_text(counts)}"
 
 
 def matrix_table(merged: Merged) -> str:
