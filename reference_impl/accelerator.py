@@ -1,8 +1,10 @@
 """``BoundaryAwareAccelerator``: accelerate's ``Accelerator`` with an explicit accumulation boundary.
 
 Boundary resolution for each ``backward`` (DESIGN §3): the ``is_final_micro_batch`` argument, else the
-override from ``set_deepspeed_gradient_accumulation_boundary``, else ``sync_gradients``. Loss scaling stays
-the dependencies' own (1/configured G); this class only decides *when* the optimizer steps.
+override from ``set_deepspeed_gradient_accumulation_boundary``, else the *schedule's* ``sync_gradients`` (what
+``accumulate()``, the user or accelerate's default last said, never what this class wrote to report an earlier
+explicit boundary). Loss scaling stays the dependencies' own (1/configured G); this class only decides *when*
+the optimizer steps. Code that uses none of the new API reaches accelerate exactly as upstream's would.
 """
 from __future__ import annotations
 
@@ -12,10 +14,47 @@ from typing import Any, Iterable, Iterator
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import GradientState
 from accelerate.utils import DistributedType
 
-from .compat import engine_partitions_gradients
+from . import compat
 from .deepspeed_wrapper import BoundaryAwareDeepSpeedEngineWrapper
+
+# Where the schedule's own sync_gradients is kept, beside accelerate's key in GradientState's shared dict (so
+# GradientState._reset_state() clears both at once).
+_SCHEDULE_KEY = "_boundary_aware_schedule_sync_gradients"
+
+
+class ScheduleAwareGradientState(GradientState):
+    """accelerate's ``GradientState`` (the same shared state) that keeps the schedule's ``sync_gradients`` apart
+    from the resolved boundary the reference reports in it.
+
+    Every write through this object (``accumulate()``'s ``_do_sync``, ``accelerator.sync_gradients = ...``,
+    transformers' Trainer calling ``gradient_state._set_sync_gradients``) is the schedule speaking; only
+    ``report_boundary`` is not. Without the split, one ``backward(loss, is_final_micro_batch=False)`` outside
+    ``accumulate()`` left ``False`` behind and every later plain ``backward`` read it: the model stopped training.
+    """
+
+    @property  # type: ignore[override]
+    def sync_gradients(self) -> bool:
+        return self.__dict__["sync_gradients"]
+
+    @sync_gradients.setter
+    def sync_gradients(self, value: bool) -> None:
+        self.__dict__["sync_gradients"] = value
+        self.__dict__[_SCHEDULE_KEY] = value
+
+    @property
+    def schedule_sync_gradients(self) -> bool:
+        """What the schedule says for this micro-batch, whatever the reference reported since."""
+        return bool(self.__dict__.get(_SCHEDULE_KEY, self.__dict__.get("sync_gradients", True)))
+
+    def report_boundary(self, boundary: bool) -> None:
+        """``sync_gradients`` reports the resolved boundary (the optimizer wrappers step on it and portable user
+        code reads it) without becoming the schedule."""
+        schedule = self.schedule_sync_gradients
+        self.__dict__["sync_gradients"] = boundary
+        self.__dict__[_SCHEDULE_KEY] = schedule
 
 
 class BoundaryAwareAccelerator(Accelerator):
@@ -24,6 +63,7 @@ class BoundaryAwareAccelerator(Accelerator):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.gradient_state = ScheduleAwareGradientState()
         self._boundary_override: bool | None = None
         # Resolved boundary of the most recent backward; None before the first one.
         self._last_boundary: bool | None = None
@@ -48,8 +88,8 @@ class BoundaryAwareAccelerator(Accelerator):
         prepared = super().prepare_model(model, *args, **kwargs)
         if isinstance(prepared, torch.nn.parallel.DistributedDataParallel) and prepared not in self._ddp_wrapped:
             self._ddp_wrapped.append(prepared)
-            if self._boundary_override is not None:
-                prepared.require_backward_grad_sync = self._boundary_override
+            if self._boundary_override is False:
+                prepared.require_backward_grad_sync = False
         return prepared
 
     def free_memory(self, *objects: Any) -> Any:
@@ -63,7 +103,7 @@ class BoundaryAwareAccelerator(Accelerator):
         at ZeRO-2/3 (gradient partitioning reduces every micro-batch by design), so ``accumulate()`` failed
         there; accelerate 1.9 (#3656) made it a no-op context at those stages. Same rule on any accelerate,
         decided by what the engine says of itself, not by a version."""
-        if self.distributed_type == DistributedType.DEEPSPEED and engine_partitions_gradients(model):
+        if self.distributed_type == DistributedType.DEEPSPEED and compat.engine_partitions_gradients(model):
             yield
             return
         with super().no_sync(model):
@@ -71,49 +111,73 @@ class BoundaryAwareAccelerator(Accelerator):
 
     # -- boundary -----------------------------------------------------------------------------------------
     def set_deepspeed_gradient_accumulation_boundary(self, is_boundary: bool | None) -> None:
-        """Persistent boundary for the following backward calls; ``None`` returns to ``sync_gradients``.
+        """Persistent boundary for the following backward calls; ``None`` returns to the schedule.
 
         On DeepSpeed it reaches the engine at once. With DDP, ``False`` set before the forward pass skips the
-        gradient all-reduce of that micro-batch (the seed's ``no_sync``); ``True`` or ``None`` re-enables it.
+        gradient all-reduce of that micro-batch (the seed's ``no_sync``); leaving ``False`` (``True`` or ``None``)
+        re-enables it. An override that is not ``False`` leaves DDP's own state alone, so the user's
+        ``no_sync()`` keeps holding back the all-reduce.
         """
+        previous = self._boundary_override
         self._boundary_override = None if is_boundary is None else bool(is_boundary)
         if self.distributed_type == DistributedType.DEEPSPEED and self.deepspeed_engine_wrapped is not None:
             self.deepspeed_engine_wrapped.set_gradient_accumulation_boundary(self._boundary_override)
-        for model in self._ddp_models():
-            model.require_backward_grad_sync = self._boundary_override is not False
+        if self._boundary_override is False or previous is False:
+            for model in self._ddp_models():
+                model.require_backward_grad_sync = self._boundary_override is not False
+
+    def _schedule_sync_gradients(self) -> bool:
+        state = self.gradient_state
+        if isinstance(state, ScheduleAwareGradientState):
+            return state.schedule_sync_gradients
+        return bool(state.sync_gradients)
 
     def _resolve_boundary(self, is_final_micro_batch: bool | None) -> tuple[bool, bool]:
-        """(boundary, explicit): first of the argument, the override, ``sync_gradients``."""
+        """(boundary, explicit): first of the argument, the override, the schedule's ``sync_gradients``."""
         if is_final_micro_batch is not None:
             return bool(is_final_micro_batch), True
         if self._boundary_override is not None:
             return self._boundary_override, True
-        return bool(self.sync_gradients), False
+        return self._schedule_sync_gradients(), False
+
+    def _report_boundary(self, boundary: bool) -> None:
+        state = self.gradient_state
+        if isinstance(state, ScheduleAwareGradientState):
+            state.report_boundary(boundary)
+        else:
+            state._set_sync_gradients(boundary)
 
     def backward(self, loss: torch.Tensor, is_final_micro_batch: bool | None = None, **kwargs: Any) -> None:
         boundary, explicit = self._resolve_boundary(is_final_micro_batch)
-        if explicit:
-            # The optimizer wrappers step and zero only when sync_gradients is True, and portable user code
-            # reads it: it reports the resolved boundary until the next accumulate() entry or backward.
-            self.gradient_state._set_sync_gradients(boundary)
-        self._last_boundary = boundary
+        # The optimizer wrappers step and zero only when sync_gradients is True, and portable user code reads it:
+        # it reports the resolved boundary until the next accumulate() entry or backward. Without an explicit
+        # boundary this restores the schedule's value (a report of an earlier keyword must not stick).
+        self._report_boundary(boundary)
         self._boundary_consumed = False
         if self.distributed_type == DistributedType.DEEPSPEED:
-            # Called directly, not through super(), so the boundary reaches the engine whatever this
-            # accelerate version passes (<= 1.7 passes none, #3630).
-            self.deepspeed_engine_wrapped.backward(loss, sync_gradients=boundary, **kwargs)
+            wrapper = self.deepspeed_engine_wrapped
+            # The schedule reaches the wrapper exactly as this accelerate would pass it (>= 1.8: sync_gradients,
+            # #3630; <= 1.7: nothing, and DeepSpeed's own counter decides), so untouched code gives upstream's
+            # bytes on every version; a user's boundary goes as is_final_micro_batch, on every version.
+            schedule = {"sync_gradients": boundary} if compat.upstream_wrapper_takes_sync_gradients() else {}
+            wrapper.backward(loss, is_final_micro_batch=boundary if explicit else None,
+                             **(schedule if not explicit else {}), **kwargs)
+            self._last_boundary = wrapper.last_boundary
             return
+        self._last_boundary = boundary
         super().backward(loss, **kwargs)
-        if boundary:
+        if boundary and explicit:
             self._all_reduce_unsynchronised_gradients()
 
     def _ddp_models(self) -> list[torch.nn.parallel.DistributedDataParallel]:
         return self._ddp_wrapped
 
     def _all_reduce_unsynchronised_gradients(self) -> None:
-        """A boundary whose forward ran under ``no_sync`` (inside ``accumulate()`` off its schedule, or after
-        ``set_deepspeed_gradient_accumulation_boundary(False)``) left each rank with local gradients only:
-        average them now, as DDP would have, or the ranks would step on different gradients and diverge."""
+        """An explicit boundary whose forward ran under ``no_sync`` (inside ``accumulate()`` off its schedule, the
+        user's own ``no_sync``, or after ``set_deepspeed_gradient_accumulation_boundary(False)``) left each rank
+        with local gradients only: average them now, as DDP would have, or the ranks would step on different
+        gradients and diverge. Never after a backward without an explicit boundary: there the user's own
+        ``no_sync`` means what it says upstream (hold the all-reduce back)."""
         for model in self._ddp_models():
             if model.require_forward_param_sync:
                 continue
@@ -153,8 +217,6 @@ class BoundaryAwareAccelerator(Accelerator):
     def _warn_on_clip_mismatch(self, max_grad_norm: float | None) -> None:
         if max_grad_norm is None or self._warned_clip_mismatch:
             return
-        from . import compat
-
         configured = compat.engine_gradient_clipping(self.deepspeed_engine_wrapped.engine)
         if float(max_grad_norm) != configured:
             self._warned_clip_mismatch = True

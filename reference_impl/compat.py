@@ -6,6 +6,7 @@ back-ports an API is treated as having it. Every quirk lives here with its versi
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.metadata
 import inspect
 from typing import Any, Iterator
@@ -108,13 +109,19 @@ def parameters_of(function: Any) -> set[str]:
     return set()
 
 
+@functools.lru_cache(maxsize=1)
 def upstream_wrapper_takes_sync_gradients() -> bool:
-    """accelerate >= 1.8 (#3630) calls ``wrapper.backward(loss, sync_gradients=...)``; <= 1.7 ``backward(loss)``."""
+    """accelerate >= 1.8 (#3630) calls ``wrapper.backward(loss, sync_gradients=...)``; <= 1.7 ``backward(loss)``.
+
+    Read from accelerate's own class even after ``patch_accelerate()`` swapped the reference's wrapper in (the
+    first class of the MRO that accelerate defines), so the answer is the installed upstream's."""
     try:
         from accelerate.utils.deepspeed import DeepSpeedEngineWrapper
     except ImportError:
         return False
-    return "sync_gradients" in inspect.signature(DeepSpeedEngineWrapper.backward).parameters
+    upstream = next((c for c in DeepSpeedEngineWrapper.__mro__ if c.__module__.startswith("accelerate.")),
+                    DeepSpeedEngineWrapper)
+    return "sync_gradients" in inspect.signature(upstream.backward).parameters
 
 
 def capabilities() -> dict[str, Any]:

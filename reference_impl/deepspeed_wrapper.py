@@ -3,6 +3,11 @@
 It owns one decision per micro-batch: is this the gradient-accumulation boundary? It tells the engine
 before backward, and calls ``engine.step()`` only at a boundary, so ``engine.global_steps`` counts
 boundaries. It never lets DeepSpeed's internal asserts be the error a user sees.
+
+Two inputs decide, and they are kept apart on purpose (DESIGN §3): ``is_final_micro_batch`` is a boundary the
+*user* gave (the keyword, or the persistent override); ``sync_gradients`` is what accelerate's *schedule* says
+(accelerate >= 1.8 passes it; <= 1.7 passes nothing and the engine's own counter decides). Only a user's
+boundary may contradict the engine, lift its ``no_sync`` or make an old engine raise.
 """
 from __future__ import annotations
 
@@ -34,6 +39,8 @@ class BoundaryAwareDeepSpeedEngineWrapper(DeepSpeedEngineWrapper):
         # The boundary forced by set_gradient_accumulation_boundary(); None: the caller decides per backward.
         self._boundary_override: bool | None = None
         self._has_boundary_api = compat.engine_has_boundary_api(engine)
+        # Whether the engine's sticky boundary flag was set by this wrapper (DeepSpeed never resets it).
+        self._engine_flag_set = False
         self._stepped_last_backward = False
         self._pre_step_grad_norm: float | None = None
 
@@ -43,42 +50,58 @@ class BoundaryAwareDeepSpeedEngineWrapper(DeepSpeedEngineWrapper):
         ``engine.is_gradient_accumulation_boundary()``) already sees it. ``None`` hands the decision back."""
         self._boundary_override = None if is_boundary is None else bool(is_boundary)
         if self._has_boundary_api:
-            self.engine.set_gradient_accumulation_boundary(self._boundary_override)
+            self._set_engine_flag(self._boundary_override)
 
-    def _resolve(self, sync_gradients: bool | None) -> bool | None:
-        if sync_gradients is not None:
-            return bool(sync_gradients)
-        return self._boundary_override
+    def _set_engine_flag(self, boundary: bool | None) -> None:
+        self.engine.set_gradient_accumulation_boundary(boundary)
+        self._engine_flag_set = boundary is not None
+
+    @property
+    def last_boundary(self) -> bool | None:
+        """The boundary the most recent ``backward`` resolved to (None before the first)."""
+        return self._gradient_accumulation_boundary
 
     # -- backward -----------------------------------------------------------------------------------------
-    def backward(self, loss: Any, sync_gradients: bool | None = None, **kwargs: Any) -> None:
-        """``sync_gradients`` is the resolved boundary (accelerate >= 1.8 passes it; the reference accelerator
-        always does). Without it (accelerate <= 1.7's ``backward(loss)``) and without an override, the engine's
-        own micro-step counter decides and ``step()`` runs after every backward, exactly as before."""
-        boundary = self._resolve(sync_gradients)
+    def backward(self, loss: Any, sync_gradients: bool | None = None, is_final_micro_batch: bool | None = None,
+                 **kwargs: Any) -> None:
+        """``is_final_micro_batch``: the user's boundary (else the override). ``sync_gradients``: the schedule's
+        (accelerate >= 1.8). Neither (accelerate <= 1.7's ``backward(loss)``): the engine's own micro-step
+        counter decides and ``step()`` runs after every backward, exactly as before #3630."""
+        explicit = is_final_micro_batch if is_final_micro_batch is not None else self._boundary_override
+        explicit = None if explicit is None else bool(explicit)
         if not self._has_boundary_api:
-            self._backward_following_engine_counter(loss, boundary, **kwargs)
+            self._backward_following_engine_counter(loss, explicit, **kwargs)
             return
+        boundary = explicit if explicit is not None else (None if sync_gradients is None else bool(sync_gradients))
         if boundary is None:
+            if self._engine_flag_set:  # an earlier explicit boundary must not stick to the counter's calls
+                self._set_engine_flag(None)
             self._gradient_accumulation_boundary = bool(self.engine.is_gradient_accumulation_boundary())
             self.engine.backward(loss, **kwargs)
             self._step(always=True)
             return
         self._gradient_accumulation_boundary = boundary
-        self.engine.set_gradient_accumulation_boundary(boundary)
-        if boundary:
+        self._set_engine_flag(boundary)
+        if boundary and explicit:
+            # Only a boundary the user gave lifts accumulate()'s engine.no_sync(): untouched code inside the user's
+            # own no_sync() meets DeepSpeed's assert exactly as upstream accelerate does (DESIGN §3).
             with compat.engine_sync_allowed(self.engine):
                 self.engine.backward(loss, **kwargs)
                 self._step(always=False)
+        elif boundary:
+            self.engine.backward(loss, **kwargs)
+            self._step(always=False)
         else:
             self.engine.backward(loss, **kwargs)
             self._stepped_last_backward = False
 
-    def _backward_following_engine_counter(self, loss: Any, boundary: bool | None, **kwargs: Any) -> None:
+    def _backward_following_engine_counter(self, loss: Any, explicit: bool | None, **kwargs: Any) -> None:
+        """An engine without ``set_gradient_accumulation_boundary``: its counter decides; only a boundary the user
+        gave and the counter contradicts is an error (a schedule's boundary is not the user's: DESIGN §3)."""
         counter_boundary = bool(self.engine.is_gradient_accumulation_boundary())
-        if boundary is not None and boundary != counter_boundary:
+        if explicit is not None and explicit != counter_boundary:
             raise BoundaryUnsupportedError(
-                f"explicit boundary {boundary} disagrees with the engine's micro-step counter ({counter_boundary}) "
+                f"explicit boundary {explicit} disagrees with the engine's micro-step counter ({counter_boundary}) "
                 f"and this DeepSpeed ({compat.installed_version('deepspeed')}) has no "
                 "set_gradient_accumulation_boundary (added in 0.5.8, #1588); upgrade DeepSpeed or use "
                 "windows of exactly gradient_accumulation_steps"

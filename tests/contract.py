@@ -115,4 +115,28 @@ def norm_violations(accelerator_cls: Any) -> list[str]:
     return violations
 
 
-CHECKS = {"kwarg": kwarg_violations, "override": override_violations, "norm": norm_violations}
+def plain_after_explicit_violations(accelerator_cls: Any) -> list[str]:
+    """Outside ``accumulate()`` (the schedule says True on every micro-batch): one ``is_final_micro_batch=False``,
+    or an override ``False`` then ``None``, holds that one micro-batch; every later plain ``backward`` is a boundary
+    again and the optimizer steps (DESIGN §3 rule 1 "never sticky", rule 3 "the schedule's sync_gradients")."""
+    violations = []
+    for how in ("keyword", "override"):
+        accelerator, model, optimizer = _setup(accelerator_cls)
+        if how == "keyword":
+            sync, moved = _micro_batch(accelerator, model, optimizer, 1, is_final_micro_batch=False)
+        else:
+            accelerator.set_deepspeed_gradient_accumulation_boundary(False)
+            sync, moved = _micro_batch(accelerator, model, optimizer, 1)
+            accelerator.set_deepspeed_gradient_accumulation_boundary(None)
+        if (sync, moved) != (False, False):
+            violations.append(f"{how} False: sync_gradients={sync}, stepped={moved}; want both False")
+        for index in range(2, 5):
+            sync, moved = _micro_batch(accelerator, model, optimizer, index)
+            if (sync, moved) != (True, True):
+                violations.append(f"{how} False then plain backward {index}: sync_gradients={sync}, stepped={moved}; "
+                                  "want both True (the schedule's default outside accumulate())")
+    return violations
+
+
+CHECKS = {"kwarg": kwarg_violations, "override": override_violations, "norm": norm_violations,
+          "plain_after_explicit": plain_after_explicit_violations}

@@ -21,6 +21,14 @@ def run_windows(wrapper: BoundaryAwareDeepSpeedEngineWrapper, windows: list[int]
     return norms
 
 
+def _explicit(wrapper: BoundaryAwareDeepSpeedEngineWrapper, boundaries: list[bool]) -> list[float | None]:
+    norms = []
+    for boundary in boundaries:
+        wrapper.backward(loss_of(wrapper.engine), is_final_micro_batch=boundary)
+        norms.append(wrapper.grad_norm_after_step())
+    return norms
+
+
 def test_engine_steps_only_at_explicit_boundaries() -> None:
     engine = FakeEngine(gas=4)
     norms = run_windows(BoundaryAwareDeepSpeedEngineWrapper(engine), [3, 1, 4, 2])
@@ -68,20 +76,60 @@ def test_boundary_inside_the_engines_no_sync_is_not_an_assert() -> None:
     engine = FakeEngine(gas=4)
     wrapper = BoundaryAwareDeepSpeedEngineWrapper(engine)
     engine.inside_no_sync_ctxt = True
-    wrapper.backward(loss_of(engine), sync_gradients=True)
+    wrapper.backward(loss_of(engine), is_final_micro_batch=True)
     assert engine.global_steps == 1 and engine.inside_no_sync_ctxt is True
+
+
+def test_a_schedules_boundary_inside_the_engines_no_sync_meets_deepspeeds_assert_as_upstream() -> None:
+    """Untouched code (no explicit boundary) inside the user's own engine no_sync behaves as upstream accelerate:
+    DeepSpeed refuses step() there; only a boundary the user gave lifts no_sync (DESIGN §3)."""
+    engine = FakeEngine(gas=4)
+    engine.inside_no_sync_ctxt = True
+    with pytest.raises(AssertionError, match="no_sync"):
+        BoundaryAwareDeepSpeedEngineWrapper(engine).backward(loss_of(engine), sync_gradients=True)
 
 
 def test_engine_without_boundary_api_rejects_a_disagreeing_boundary() -> None:
     engine = EngineWithoutBoundaryApi(gas=4)
     wrapper = BoundaryAwareDeepSpeedEngineWrapper(engine)
     with pytest.raises(BoundaryUnsupportedError, match=r"set_gradient_accumulation_boundary.*0\.5\.8"):
+        wrapper.backward(loss_of(engine), is_final_micro_batch=True)
+
+
+def test_engine_without_boundary_api_rejects_a_disagreeing_override() -> None:
+    engine = EngineWithoutBoundaryApi(gas=4)
+    wrapper = BoundaryAwareDeepSpeedEngineWrapper(engine)
+    wrapper.set_gradient_accumulation_boundary(True)
+    with pytest.raises(BoundaryUnsupportedError):
+        wrapper.backward(loss_of(engine))
+
+
+def test_engine_without_boundary_api_follows_its_counter_over_the_schedule() -> None:
+    """A schedule's boundary (accumulate() at a DataLoader's end, sync_gradients=True outside accumulate()) is not
+    the user's: on an engine without the boundary API the counter decides and nothing raises (DESIGN §3)."""
+    engine = EngineWithoutBoundaryApi(gas=4)
+    wrapper = BoundaryAwareDeepSpeedEngineWrapper(engine)
+    for _ in range(6):
         wrapper.backward(loss_of(engine), sync_gradients=True)
+    assert (engine.global_steps, engine.step_calls) == (1, 6)
+
+
+def test_an_explicit_boundary_does_not_stick_to_the_engines_counter() -> None:
+    """DeepSpeed's boundary flag is sticky; after an explicit boundary, calls without one (accelerate <= 1.7's
+    backward(loss)) are the counter's again."""
+    engine = FakeEngine(gas=2)
+    wrapper = BoundaryAwareDeepSpeedEngineWrapper(engine)
+    wrapper.backward(loss_of(engine), is_final_micro_batch=False)
+    for _ in range(4):
+        wrapper.backward(loss_of(engine))
+    assert engine._is_gradient_accumulation_boundary is None
+    assert (engine.global_steps, engine.step_calls) == (2, 4)
 
 
 def test_engine_without_boundary_api_follows_its_counter_when_boundaries_agree() -> None:
     engine = EngineWithoutBoundaryApi(gas=2)
-    norms = run_windows(BoundaryAwareDeepSpeedEngineWrapper(engine), [2, 2])
+    wrapper = BoundaryAwareDeepSpeedEngineWrapper(engine)
+    norms = [norm for window in ([False, True], [False, True]) for norm in _explicit(wrapper, window)]
     assert (engine.global_steps, engine.step_calls) == (2, 4)
     assert norms == [None, 2.5, None, 2.5]
 

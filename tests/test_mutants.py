@@ -26,6 +26,7 @@ CONTRACT_CATCHES = [
     ("override_not_cleared", "override"),
     ("post_clip_norm", "norm"),
     ("no_zero_grad", "norm"),
+    ("report_sticks", "plain_after_explicit"),
 ]
 
 
