@@ -1,13 +1,11 @@
 """P7 communication, measured: gradient reductions counted as the process group ran them."""
 from __future__ import annotations
 
-from harness.properties import P7, promises_no_sync_off_boundary
-from harness.pytest_plugin import accumgate, check
+from harness.pytest_plugin import accumgate_property, check
 
 
-@accumgate(applies=promises_no_sync_off_boundary)
+@accumgate_property("P7")
 def test_no_gradient_reduction_before_the_boundary(accumgate_runner, scenario) -> None:
-    """Where the backend promises it (DDP with the boundary known before forward; DeepSpeed ZeRO 0/1), no
-    all_reduce/reduce_scatter runs on a non-final micro-batch and one does at every boundary. ZeRO 2/3
-    reduce into partitions every micro-batch by design: their counts go to the report, not to a verdict."""
-    check(accumgate_runner, scenario, [P7])
+    """Where the backend promises it (DDP: no all-reduce when sync was off at forward, a re-sync at an explicit
+    boundary; DeepSpeed ZeRO 0/1: only at the boundary) the process group runs exactly those reductions."""
+    check(accumgate_runner, scenario, "P7")

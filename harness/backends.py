@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from .models import build_model
-from .scenario import Scenario
+from .scenario import WARMUP_STEPS, Scenario
 
 LEARNING_RATES = {"sgd": 0.05, "adamw": 0.01}
 ADAMW_WEIGHT_DECAY = 0.01
@@ -26,6 +26,11 @@ def build_optimizer(name: str, params: Any) -> torch.optim.Optimizer:
     if name == "adamw":
         return torch.optim.AdamW(params, lr=LEARNING_RATES["adamw"], weight_decay=ADAMW_WEIGHT_DECAY)
     raise ValueError(f"optimizer {name!r}: expected 'sgd' or 'adamw'")
+
+
+def warmup(step: int) -> float:
+    """Linear warm-up over ``WARMUP_STEPS`` scheduler steps, then constant (the oracle uses the same function)."""
+    return min(1.0, (step + 1) / WARMUP_STEPS)
 
 
 def deepspeed_config(scenario: Scenario) -> dict[str, Any]:
@@ -58,8 +63,8 @@ def expected_distributed_type(scenario: Scenario) -> str:
 
 
 def build(scenario: Scenario, accelerator_cls: Any,
-          config_overrides: dict[str, Any] | None = None) -> tuple[Any, Any, Any]:
-    """(accelerator, prepared model, prepared optimizer)."""
+          config_overrides: dict[str, Any] | None = None) -> tuple[Any, Any, Any, Any]:
+    """(accelerator, prepared model, prepared optimizer, prepared lr scheduler or None)."""
     if scenario.is_deepspeed:
         from accelerate.utils import DeepSpeedPlugin
 
@@ -85,5 +90,9 @@ def build(scenario: Scenario, accelerator_cls: Any,
         )
     model = build_model(scenario.model, scenario.seed)
     optimizer = build_optimizer(scenario.optimizer, model.parameters())
-    model, optimizer = accelerator.prepare(model, optimizer)
-    return accelerator, model, optimizer
+    if scenario.lr_schedule == "const":
+        model, optimizer = accelerator.prepare(model, optimizer)
+        return accelerator, model, optimizer, None
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    return accelerator, model, optimizer, scheduler

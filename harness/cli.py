@@ -28,16 +28,25 @@ def available_backends() -> tuple[str, ...]:
     return BACKENDS if torch.cuda.is_available() else tuple(b for b in BACKENDS if b != "fsdp")
 
 
+def chosen_backends(text: str | None) -> tuple[str, ...]:
+    """The backends a comma-separated option names (all available ones when empty), each checked."""
+    backends = available_backends()
+    if not text:
+        return backends
+    wanted = tuple(b.strip() for b in text.split(",") if b.strip())
+    unknown = [b for b in wanted if b not in backends]
+    if unknown:
+        raise UsageError(f"{', '.join(unknown)} not available here (expected some of {', '.join(backends)})")
+    return wanted
+
+
 def _scenarios(args: argparse.Namespace) -> list:
     from . import scenario as scen
 
-    backends = available_backends()
-    if getattr(args, "backends", None):
-        wanted = [b.strip() for b in args.backends.split(",") if b.strip()]
-        unknown = [b for b in wanted if b not in backends]
-        if unknown:
-            raise UsageError(f"--backends: {', '.join(unknown)} not available here (expected some of {', '.join(backends)})")
-        backends = tuple(wanted)
+    try:
+        backends = chosen_backends(getattr(args, "backends", None))
+    except UsageError as exc:
+        raise UsageError(f"--backends: {exc}") from exc
     try:
         chosen = scen.profile(args.profile, backends)
         chosen = scen.select(chosen, args.k)
@@ -59,10 +68,16 @@ def _cmd_list(args: argparse.Namespace) -> int:
 def _cmd_env(args: argparse.Namespace) -> int:
     import contextlib
 
-    from reference_impl.compat import capabilities
+    from .stack import capabilities
+    from .targets import TargetError, target_capabilities, target_path
 
+    try:
+        target_path(args.target)
+    except TargetError as exc:
+        raise UsageError(str(exc)) from exc
     with contextlib.redirect_stdout(sys.stderr):  # DeepSpeed logs to stdout on import; keep stdout for the table
         caps = capabilities()
+        caps |= {f"target: {key}": value for key, value in target_capabilities(args.target).items()}
     if args.json:
         print(json.dumps(caps, indent=2, sort_keys=True))
         return EXIT_OK
@@ -113,8 +128,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if not scenarios:
         console.print("no scenario matches the selection")
         return EXIT_USAGE
-    runner = Runner(args.target, xfails=args.xfail_entries, job_timeout_s=args.timeout,
-                    check_upstream=args.check_upstream)
+    runner = Runner(args.target, xfails=args.xfail_entries, job_timeout_s=args.timeout)
     selection = {"profile": args.profile, "k": args.k, "world_size": args.world_size, "xfails": args.xfails}
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   TextColumn("{task.fields[last]}"), console=console, transient=False) as progress:
@@ -122,11 +136,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
         def on_outcome(outcome) -> None:
             style = OUTCOME_STYLES.get(outcome.outcome, "")
-            if outcome.bad:
-                progress.console.print(f"[{style}]{outcome.outcome.upper():<11}[/] {outcome.scenario}")
-                first = outcome.deviations[0]["message"] if outcome.deviations else (outcome.reason or "")
-                if first:
-                    progress.console.print(f"            {first.splitlines()[0]}")
+            for verdict in outcome.properties.values():
+                if verdict.bad:
+                    vstyle = OUTCOME_STYLES.get(verdict.outcome, "")
+                    progress.console.print(f"[{vstyle}]{verdict.outcome.upper():<11}[/] {outcome.scenario} · {verdict.name}")
+                    first = verdict.first_line()
+                    if first:
+                        progress.console.print(f"            {first[:400]}")
             progress.update(task, advance=1, last=f"[{style}]{outcome.outcome}[/] {outcome.scenario}")
 
         try:
@@ -135,9 +151,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
             console.print(f"[bold red]infrastructure error:[/] {exc}")
             return EXIT_INFRA
     write_all(results, Path(args.report_dir))
-    counts = results.counts()
+    counts = results.property_counts()
     line = ", ".join(f"{n} {name}" for name, n in counts.items() if n)
-    console.print(f"{line} in {results.wall_seconds:.1f} s · reports in {args.report_dir}")
+    console.print(f"{len(results.outcomes)} scenarios, {sum(counts.values())} (scenario, property) verdicts: {line} "
+                  f"in {results.wall_seconds:.1f} s · reports in {args.report_dir}")
     return EXIT_FAILURES if any(o.bad for o in results.outcomes) else EXIT_OK
 
 
@@ -183,7 +200,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def _cmd_gate(args: argparse.Namespace) -> int:
     import json
 
-    from .reports.gate import compare, table
+    from .reports.gate import compare, explain, table
     from .reports.merge import merge
     from .results import ResultsError, write_atomic
 
@@ -193,7 +210,7 @@ def _cmd_gate(args: argparse.Namespace) -> int:
     except ResultsError as exc:
         raise UsageError(str(exc)) from exc
     changes = compare(baseline, current)
-    print(table(changes))
+    print(explain(changes) if args.explain else table(changes))
     regressions = [c for c in changes if c.regression]
     if args.update_baseline:
         write_atomic(Path(args.baseline), json.dumps(current.to_json(), indent=1) + "\n")
@@ -262,8 +279,6 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--xfails", default=None, metavar="FILE", help="known failures: '<id glob> <reason>' per line")
     run.add_argument("--report-dir", default="reports", metavar="DIR", help="where results.json, junit.xml, summary.md go")
     run.add_argument("--timeout", type=float, default=120.0, metavar="S", help="per-scenario timeout (default 120 s)")
-    run.add_argument("--check-upstream", action="store_true",
-                     help="P3: also run auto/legacy scenarios on upstream accelerate and require the same bytes")
     run.set_defaults(func=_cmd_run)
     listing = commands.add_parser("list", help="print scenario ids")
     _add_selection(listing)
@@ -284,6 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     gate.add_argument("--baseline", required=True, metavar="BASE.json")
     gate.add_argument("--current", required=True, nargs="+", metavar="CUR", help="results files or directories")
     gate.add_argument("--update-baseline", action="store_true", help="write the current run as the new baseline (atomic)")
+    gate.add_argument("--explain", action="store_true", help="list each regression in one line instead of the table")
     gate.set_defaults(func=_cmd_gate)
     replay = commands.add_parser("replay", help="run the known-bug catalogue on the installed versions (or tabulate runs)")
     replay.add_argument("--catalogue", default=None, metavar="TOML", help="default: conformance/known_bugs.toml")
@@ -293,8 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--table", nargs="+", default=None, metavar="DIR",
                         help="run nothing: merge the replay.json files under these directories into the table")
     replay.set_defaults(func=_cmd_replay)
-    env = commands.add_parser("env", help="versions and boundary capabilities of the installed stack")
+    env = commands.add_parser("env", help="versions and boundary capabilities of the installed stack and the target")
     env.add_argument("--json", action="store_true", help="machine-readable output")
+    env.add_argument("--target", default="reference", help="whose self-reported capabilities to add (default reference)")
     env.set_defaults(func=_cmd_env)
     return parser
 

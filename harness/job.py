@@ -1,42 +1,28 @@
-"""One scenario inside one rank: check the target's API, build, check the world, instrument, train, snapshot.
+"""One scenario inside one rank: build, check the world, instrument, train the program, snapshot.
 
-Runs in a rank process after ``world.reset_between_scenarios``; raises ``WorldMismatch`` rather than
-train in a world other than the one the scenario asked for (warm-world.md: a wrong reset trains silently).
+Runs in a rank process after ``world.reset_between_scenarios``; raises ``WorldMismatch`` rather than train in a
+world other than the one the scenario asked for (warm-world.md: a wrong reset trains silently). Probes (P9) change
+the stack for one job: ``unmanaged`` sets DeepSpeed's ``managed_gradient_accumulation: false``; ``old_engine``
+hides the engine's boundary API and ``no_sync`` (a DeepSpeed before 0.5.8, or a fork without them).
 """
 from __future__ import annotations
 
 import contextlib
-import inspect
 import warnings
 from typing import Any, Iterator
 
 import torch
 
-from . import backends, loops
+from . import backends, loops, stack
 from .scenario import Scenario
 from .targets import load_target
 from .trace import StepRecorder, Tensors, Trace
 
+PROBES = ("unmanaged", "old_engine")
+
 
 class WorldMismatch(RuntimeError):
     """The rank sees another world than the scenario asked for; training would be silently wrong."""
-
-
-def missing_api(accelerator_cls: Any, scenario: Scenario) -> str | None:
-    """What the scenario's API style needs and the target lacks (-> outcome ``unsupported``), or None.
-
-    Decided from the class before anything is built, identically on every rank, so no rank is left
-    waiting in a collective.
-    """
-    needs_kwarg = scenario.api == "kwarg" or (scenario.api in ("auto", "step_and_zero_grad")
-                                                       and not scenario.accumulate_finds_boundaries)
-    if needs_kwarg and "is_final_micro_batch" not in inspect.signature(accelerator_cls.backward).parameters:
-        return f"{accelerator_cls.__module__}.{accelerator_cls.__qualname__}.backward has no is_final_micro_batch"
-    for api, method in (("set_boundary", "set_deepspeed_gradient_accumulation_boundary"),
-                        ("step_and_zero_grad", "optimizer_step_and_zero_grad")):
-        if scenario.api == api and not callable(getattr(accelerator_cls, method, None)):
-            return f"{accelerator_cls.__module__}.{accelerator_cls.__qualname__} has no {method}"
-    return None
 
 
 def check_world(accelerator: Any, scenario: Scenario, rank: int) -> dict[str, Any]:
@@ -57,28 +43,67 @@ def _named_parameters(accelerator: Any, model: Any) -> list[tuple[str, torch.nn.
     return list(accelerator.unwrap_model(model).named_parameters())
 
 
-def full_parameters(accelerator: Any, model: Any, scenario: Scenario) -> Tensors:
-    """Unpartitioned fp32 CPU copies by name. ZeRO-3 gathers (a collective: every rank calls it together)."""
+def full_parameters(accelerator: Any, model: Any, scenario: Scenario) -> tuple[Tensors, bool]:
+    """Unpartitioned fp32 CPU copies by name, and whether they are the optimizer's own fp32 weights: DeepSpeed's
+    master weights at ZeRO 1-3 (``safe_get_full_fp32_param``, a collective at ZeRO-3: every rank calls it
+    together), the module's weights elsewhere (bf16 copies at ZeRO-0 bf16, where the engine exposes no master)."""
     named = _named_parameters(accelerator, model)
-    if scenario.zero_stage == 3:
-        import deepspeed
+    if scenario.is_deepspeed and scenario.zero_stage:
+        from deepspeed.utils import safe_get_full_fp32_param
 
-        with deepspeed.zero.GatheredParameters([p for _, p in named], modifier_rank=None):
-            return {name: p.detach().float().cpu().clone() for name, p in named}
-    return {name: p.detach().float().cpu().clone() for name, p in named}
+        return {name: safe_get_full_fp32_param(p).detach().float().cpu().clone() for name, p in named}, True
+    if scenario.is_deepspeed and scenario.precision == "bf16":
+        master = _zero0_master_weights(model)
+        if master is not None:
+            return {name: master[id(p)].detach().float().cpu().clone() for name, p in named}, True
+        return {name: p.detach().float().cpu().clone() for name, p in named}, False
+    return {name: p.detach().float().cpu().clone() for name, p in named}, True
 
 
-def full_gradients(accelerator: Any, model: Any, scenario: Scenario) -> Tensors:
-    """Unpartitioned gradients by name: ``.grad`` off DeepSpeed, ``safe_get_full_grad`` on it (collective at
-    ZeRO-3, so it runs on every rank at the same boundary)."""
+def _zero0_master_weights(engine: Any) -> dict[int, torch.Tensor] | None:
+    """ZeRO-0 with bf16 keeps fp32 master weights in its FP16_UnfusedOptimizer (``fp32_groups`` beside the module's
+    ``fp16_groups``, deepspeed 0.14-0.19); DeepSpeed offers no public accessor there (``safe_get_full_fp32_param``
+    returns None at ZeRO-0). Without them the module's bf16 copies are compared, with bf16 rounding allowed."""
+    optimizer = getattr(engine, "optimizer", None)
+    low, high = getattr(optimizer, "fp16_groups", None), getattr(optimizer, "fp32_groups", None)
+    if low is None or high is None:
+        return None
+    return {id(p): q for group, masters in zip(low, high) for p, q in zip(group, masters)}
+
+
+def full_gradients(accelerator: Any, model: Any, scenario: Scenario) -> Tensors | None:
+    """Unpartitioned gradients by name: ``safe_get_full_grad`` on DeepSpeed (a collective at ZeRO-3, so it runs on
+    every rank at the same boundary), ``.grad`` elsewhere and at ZeRO-0; None when none can be read."""
     named = _named_parameters(accelerator, model)
-    if scenario.is_deepspeed:
+    grads: dict[str, Any] = {name: p.grad for name, p in named}
+    if scenario.is_deepspeed and scenario.zero_stage:
         from deepspeed.utils import safe_get_full_grad
 
         grads = {name: safe_get_full_grad(p) for name, p in named}
-    else:
-        grads = {name: p.grad for name, p in named}
-    return {name: g.detach().float().cpu().clone() for name, g in grads.items() if g is not None}
+    if all(g is None for g in grads.values()):
+        return None
+    return {name: (torch.zeros_like(p, dtype=torch.float32, device="cpu") if g is None
+                   else g.detach().float().cpu().clone()) for (name, p), g in zip(named, grads.values())}
+
+
+def leftover_gradients(run: loops.Run, scenario: Scenario) -> tuple[Tensors | None, int | None]:
+    """The gradients the program leaves behind (P8). Where they sit on ``.grad`` they are read as they are (zeros
+    when cleared); at ZeRO 1-3 they live in the engine's partitions, readable only right after a backward: one
+    more micro-batch (the next sample) runs at a boundary on the raw engine, unstepped, and the full gradients are
+    read then: the leftover plus that micro-batch's own."""
+    accelerator, model = run.accelerator, run.model
+    if not (scenario.is_deepspeed and scenario.zero_stage):
+        named = _named_parameters(accelerator, model)
+        return {name: (torch.zeros(p.shape) if p.grad is None else p.grad.detach().float().cpu().clone())
+                for name, p in named}, None
+    if not callable(getattr(model, "set_gradient_accumulation_boundary", None)):
+        return None, None  # the old-engine probe hid it: nothing can be read
+    probe = len(scenario.program)
+    model.set_gradient_accumulation_boundary(True)
+    from .models import forward_loss
+
+    model.backward(forward_loss(model, run.batch(probe)))
+    return full_gradients(accelerator, model, scenario), probe
 
 
 def _learning_rate(optimizer: Any) -> float | None:
@@ -87,38 +112,45 @@ def _learning_rate(optimizer: Any) -> float | None:
 
 
 @contextlib.contextmanager
-def _engine_without_boundary_api(active: bool) -> Iterator[None]:
-    """Emulate a DeepSpeed (or fork) without ``set_gradient_accumulation_boundary`` (added in 0.5.8, #1588) for
-    one job, so the target's fallback is exercised on a real engine; the class attribute is restored after."""
-    if not active:
-        yield
+def _probe(probe: str | None, scenario: Scenario) -> Iterator[dict[str, Any] | None]:
+    """The stack change a probe makes for one job; the class attributes are restored after."""
+    if probe is None:
+        yield None
+        return
+    if probe not in PROBES or not scenario.is_deepspeed:
+        raise ValueError(f"probe {probe!r}: expected one of {', '.join(PROBES)} on a DeepSpeed scenario")
+    if probe == "unmanaged":
+        yield {"managed_gradient_accumulation": False}
         return
     from deepspeed.runtime.engine import DeepSpeedEngine
 
-    original = DeepSpeedEngine.__dict__["set_gradient_accumulation_boundary"]
-    DeepSpeedEngine.set_gradient_accumulation_boundary = None
+    hidden = {name: DeepSpeedEngine.__dict__[name] for name in ("set_gradient_accumulation_boundary", "no_sync")
+              if name in DeepSpeedEngine.__dict__}
+    for name in hidden:  # deleted, not set to None: accelerate looks no_sync up with a default
+        delattr(DeepSpeedEngine, name)
     try:
-        yield
+        yield None
     finally:
-        DeepSpeedEngine.set_gradient_accumulation_boundary = original
+        for name, original in hidden.items():
+            setattr(DeepSpeedEngine, name, original)
 
 
 def run(scenario: Scenario, target: str, rank: int, count_collectives: bool = False,
-        config_overrides: dict[str, Any] | None = None, without_engine_boundary_api: bool = False) -> Trace | str:
-    """The trace, or the reason the target does not support this scenario's API.
-
-    ``config_overrides`` are merged into the DeepSpeed config and ``without_engine_boundary_api`` hides the
-    engine's boundary API: probes of the fallbacks (P9), never used by ordinary scenarios.
-    """
+        probe: str | None = None) -> Trace | str:
+    """The trace, or the reason the target does not support this scenario's API (found by calling it)."""
     accelerator_cls = load_target(target)
-    missing = missing_api(accelerator_cls, scenario)
-    if missing:
-        return missing
-    with warnings.catch_warnings(record=True) as caught, _engine_without_boundary_api(without_engine_boundary_api):
+    if scenario.is_client:
+        from . import clients
+
+        return clients.run(scenario, accelerator_cls, rank)
+    with warnings.catch_warnings(record=True) as caught, _probe(probe, scenario) as overrides:
         warnings.simplefilter("always")
-        accelerator, model, optimizer = backends.build(scenario, accelerator_cls, config_overrides)
+        accelerator, model, optimizer, scheduler = backends.build(scenario, accelerator_cls, overrides)
         trace = Trace(rank=rank, world=check_world(accelerator, scenario, rank))
-        recorder = StepRecorder(trace, params=lambda: full_parameters(accelerator, model, scenario),
+        trace.facts = stack.facts(scenario.backend, scenario.world_size,
+                                  model if scenario.is_deepspeed else None)
+        trace.initial_params, trace.params_are_master = full_parameters(accelerator, model, scenario)
+        recorder = StepRecorder(trace, params=lambda: full_parameters(accelerator, model, scenario)[0],
                                 grads=lambda: full_gradients(accelerator, model, scenario),
                                 lr=lambda: _learning_rate(optimizer))
         if scenario.is_deepspeed:
@@ -127,16 +159,16 @@ def run(scenario: Scenario, target: str, rank: int, count_collectives: bool = Fa
             recorder.wrap_clip(accelerator)
             recorder.wrap_optimizer_step(optimizer.optimizer)
         try:
-            loops.train(loops.Run(accelerator, model, optimizer, scenario, rank, trace), recorder,
-                        count_collectives=count_collectives and scenario.world_size > 1)
+            session = loops.Run(accelerator, model, optimizer, scheduler, scenario, rank, trace)
+            try:
+                loops.train(session, recorder, count_collectives=count_collectives and scenario.world_size > 1)
+            except loops.TargetLacksApi as lacking:
+                return str(lacking)
             if scenario.is_deepspeed:
                 trace.engine_global_steps = model.global_steps
                 trace.engine_micro_steps = model.micro_steps
-            trace.final_params = full_parameters(accelerator, model, scenario)
-            # On .grad only: ZeRO 1-3 keep gradients in their own partitions, which safe_get_full_grad refuses
-            # (ZeRO 1/2) or returns stale (ZeRO-3, offload) after a step; a leak there shows in the next step (P2).
-            leftover = [p.grad for _, p in _named_parameters(accelerator, model) if p.grad is not None]
-            trace.leftover_grad_abs_sum = float(sum(g.double().abs().sum() for g in leftover)) if leftover else None
+            trace.final_params, _ = full_parameters(accelerator, model, scenario)
+            trace.leftover_grads, trace.leftover_probe = leftover_gradients(session, scenario)
         finally:
             accelerator.free_memory()  # engine.destroy(): removes DeepSpeed's hooks before the next scenario
     trace.warnings = sorted({f"{w.category.__name__}: {w.message}" for w in caught

@@ -1,40 +1,56 @@
-"""The training loops of each API style, side by side, a few lines each (the habit of accelerate's test_sync).
+"""The interpreter of programs: drives the accelerator the way the user's loop would, one micro-batch at a time,
+and records what the user would see. It checks nothing (the properties do) and knows no API style: every style is
+a program (``programs/styles.py``).
 
-A loop only drives the accelerator the way a user would and records what the user would see; it checks
-nothing. Where ``accumulate()`` finds every boundary itself (uniform windows, a DataLoader that ends mid-window)
-no boundary is passed; other schedules pass it explicitly, which is the point of the feature.
+A target that lacks an API is found by behaviour, not by signature: the call fails for lack of it (an
+``AttributeError`` for a missing method, a ``TypeError`` naming the keyword), on every rank at the same call, and
+the job reports ``unsupported``. A vendor's subclass whose ``backward(self, loss, *args, **kwargs)`` forwards to the
+reference is therefore supported, and upstream accelerate (whose ``backward`` also takes ``**kwargs``) is not.
 """
 from __future__ import annotations
 
+import contextlib
 from itertools import accumulate
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 
 from .data import cast, micro_batch, window_tokens
 from .models import forward_loss, forward_token_loss_sum
+from .programs.program import NO_CALL, MicroBatch
 from .scenario import Scenario
 from .trace import StepRecorder, Trace
 
+NEW_KEYWORD = "is_final_micro_batch"
+
+
+class TargetLacksApi(Exception):
+    """The target has no such API (the call failed for lack of it): the scenario is ``unsupported``."""
+
 
 class Run:
-    """What every loop needs for one micro-batch."""
+    """What every micro-batch needs: the prepared objects, the scenario, this rank's trace."""
 
-    def __init__(self, accelerator: Any, model: Any, optimizer: Any, scenario: Scenario, rank: int,
+    def __init__(self, accelerator: Any, model: Any, optimizer: Any, scheduler: Any, scenario: Scenario, rank: int,
                  trace: Trace) -> None:
-        self.accelerator, self.model, self.optimizer = accelerator, model, optimizer
+        self.accelerator, self.model, self.optimizer, self.scheduler = accelerator, model, optimizer, scheduler
         self.scenario, self.rank, self.trace = scenario, rank, trace
         # Keyword arguments of every backward: they must reach the engine (transformers #35808 relies on it).
         self.backward_kwargs: dict[str, Any] = {"scale_wrt_gas": False} if scenario.loss_norm == "tokens" else {}
         self._window_of = [range(end - w, end) for end, w in zip(accumulate(scenario.windows), scenario.windows)
                            for _ in range(w)]
 
-    def loss(self, index: int) -> torch.Tensor:
+    def batch(self, index: int) -> dict[str, torch.Tensor]:
         s = self.scenario
         batch = micro_batch(s.model, s.seed, self.rank, index, s.micro_batch_size)
         batch = {k: v.to(self.accelerator.device) for k, v in batch.items()}
         if s.is_deepspeed and s.precision == "bf16":  # the engine casts the module, not the inputs
             batch = cast(batch, torch.bfloat16)
+        return batch
+
+    def loss(self, index: int) -> torch.Tensor:
+        s = self.scenario
+        batch = self.batch(index)
         if s.loss_norm == "tokens":
             tokens = window_tokens(s.model, s.seed, self.rank, self._window_of[index], s.micro_batch_size)
             loss = forward_token_loss_sum(self.model, batch) / tokens
@@ -43,80 +59,79 @@ class Run:
         self.trace.losses.append(float(loss.detach().float()))
         return loss
 
+    # -- the new API, called so that its absence shows as absence ----------------------------------------------
+    def new_api(self, name: str) -> Callable[..., Any]:
+        method = getattr(self.accelerator, name, None)
+        if not callable(method):
+            cls = type(self.accelerator)
+            raise TargetLacksApi(f"{cls.__module__}.{cls.__qualname__} has no {name}")
+        return method
+
+    def backward(self, loss: torch.Tensor, boundary: bool | None) -> None:
+        if boundary is None:
+            self.accelerator.backward(loss, **self.backward_kwargs)
+            return
+        try:
+            self.accelerator.backward(loss, **{NEW_KEYWORD: boundary}, **self.backward_kwargs)
+        except TypeError as exc:
+            if f"keyword argument '{NEW_KEYWORD}'" in str(exc):
+                cls = type(self.accelerator)
+                raise TargetLacksApi(f"{cls.__module__}.{cls.__qualname__}.backward has no {NEW_KEYWORD} "
+                                     f"({type(exc).__name__}: {exc})") from exc
+            raise
+
     def after_backward(self) -> None:
         self.trace.sync_gradients.append(bool(self.accelerator.sync_gradients))
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
         self.trace.grad_digests.append(float(sum(g.double().sum() for g in grads)) if grads else None)
 
-    def clip_step_zero(self) -> None:
+    def step(self, clip: bool) -> None:
         """The standard accelerate idiom: the optimizer wrapper skips step/zero_grad off-boundary."""
-        if self.accelerator.sync_gradients and self.scenario.clip is not None:
+        if clip and self.accelerator.sync_gradients and self.scenario.clip is not None:
             self.accelerator.clip_grad_norm_(self.model.parameters(), self.scenario.clip)
         self.optimizer.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
         self.optimizer.zero_grad()
 
-    def backward(self, loss: torch.Tensor, is_final: bool) -> None:
-        """accumulate()'s own boundaries where it finds them all (uniform windows, the DataLoader's end);
-        otherwise the explicit boundary wins."""
-        if self.scenario.accumulate_finds_boundaries:
-            self.accelerator.backward(loss, **self.backward_kwargs)
-        else:
-            self.accelerator.backward(loss, is_final_micro_batch=is_final, **self.backward_kwargs)
+    def step_and_zero_grad(self, index: int) -> None:
+        self.trace.returned[index] = self.new_api("optimizer_step_and_zero_grad")(
+            self.optimizer, self.model, self.scenario.clip)
+        if self.scheduler is not None:
+            self.scheduler.step()
 
 
-def _auto(run: Run, index: int, is_final: bool) -> None:
-    with run.accelerator.accumulate(run.model):
-        run.backward(run.loss(index), is_final)
+@contextlib.contextmanager
+def _context(run: Run, name: str) -> Iterator[None]:
+    if name == "accumulate":
+        with run.accelerator.accumulate(run.model):
+            yield
+    elif name == "no_sync":
+        with run.accelerator.no_sync(run.model):
+            yield
+    else:
+        yield
+
+
+def run_micro_batch(run: Run, index: int, mb: MicroBatch) -> None:
+    if mb.driver == "engine":
+        engine = run.model
+        engine.set_gradient_accumulation_boundary(mb.backward)
+        engine.backward(run.loss(index), **run.backward_kwargs)
         run.after_backward()
-        run.clip_step_zero()
-
-
-def _kwarg(run: Run, index: int, is_final: bool) -> None:
-    run.accelerator.backward(run.loss(index), is_final_micro_batch=is_final, **run.backward_kwargs)
-    run.after_backward()
-    run.clip_step_zero()
-
-
-def _set_boundary(run: Run, index: int, is_final: bool) -> None:
-    run.accelerator.set_deepspeed_gradient_accumulation_boundary(is_final)
-    run.accelerator.backward(run.loss(index), **run.backward_kwargs)
-    run.after_backward()
-    run.clip_step_zero()
-
-
-def _step_and_zero_grad(run: Run, index: int, is_final: bool) -> None:
-    with run.accelerator.accumulate(run.model):
-        run.backward(run.loss(index), is_final)
+        engine.step()
+        return
+    if mb.set_boundary != NO_CALL:
+        run.new_api("set_deepspeed_gradient_accumulation_boundary")(mb.set_boundary)
+    with _context(run, mb.context):
+        run.backward(run.loss(index), mb.backward)
         run.after_backward()
-        # Called on every micro-batch on purpose: off-boundary it must do nothing and return None.
-        run.trace.returned_norms.append(
-            run.accelerator.optimizer_step_and_zero_grad(run.optimizer, run.model, run.scenario.clip))
-
-
-def _ds_native(run: Run, index: int, is_final: bool) -> None:
-    """The seed's "before" code on the raw engine: DeepSpeed's documented boundary idiom."""
-    engine = run.model
-    engine.set_gradient_accumulation_boundary(is_final)
-    engine.backward(run.loss(index), **run.backward_kwargs)
-    engine.step()
-
-
-def _legacy(run: Run, index: int, is_final: bool) -> None:
-    """Code written for accelerate <= 1.7 on DeepSpeed: plain ``backward(loss)`` outside ``accumulate()``,
-    the engine's own micro-step counter was trusted to accumulate (uniform windows only)."""
-    run.accelerator.backward(run.loss(index))
-    run.optimizer.step()
-    run.optimizer.zero_grad()
-
-
-LOOPS: dict[str, Callable[[Run, int, bool], None]] = {
-    "auto": _auto,
-    "kwarg": _kwarg,
-    "set_boundary": _set_boundary,
-    "step_and_zero_grad": _step_and_zero_grad,
-    "ds_native": _ds_native,
-    "legacy": _legacy,
-}
+        if mb.after == "step":
+            run.step(clip=False)
+        elif mb.after == "clip_step":
+            run.step(clip=True)
+        elif mb.after == "step_and_zero_grad":
+            run.step_and_zero_grad(index)
 
 
 def _count_collectives(profile: Any) -> dict[str, int]:
@@ -131,10 +146,10 @@ def _count_collectives(profile: Any) -> dict[str, int]:
 
 
 def micro_batch_indices(run: Run) -> Iterable[int]:
-    """Plain indices, or, where the schedule ends with the data, a prepared DataLoader: its last batch is
-    what makes ``accumulate()`` force the partial window's boundary (the #3552 situation)."""
-    count = run.scenario.micro_batches
-    if not run.scenario.ends_with_dataloader:
+    """Plain indices, or, where the program reads a prepared DataLoader, its batches: its last one is what makes
+    ``accumulate()`` force the partial window's boundary (the #3552 situation)."""
+    count = len(run.scenario.program)
+    if not run.scenario.program.dataloader:
         return range(count)
     from torch.utils.data import DataLoader
 
@@ -144,15 +159,12 @@ def micro_batch_indices(run: Run) -> Iterable[int]:
 
 
 def train(run: Run, recorder: StepRecorder, count_collectives: bool = False) -> None:
-    loop = LOOPS[run.scenario.api]
-    boundaries = set(run.scenario.boundaries)
+    program = run.scenario.program
     for index in micro_batch_indices(run):
         recorder.micro_step = index
         if not count_collectives:
-            loop(run, index, index in boundaries)
+            run_micro_batch(run, index, program.micro_batches[index])
             continue
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
-            loop(run, index, index in boundaries)
+            run_micro_batch(run, index, program.micro_batches[index])
         run.trace.collectives.append(_count_collectives(profile))
-    # The set_boundary loop leaves its last override (True) set, as user code does: the next scenario in the
-    # same process must not inherit it (P8).

@@ -27,9 +27,11 @@ class MLP(torch.nn.Module):
 def _tiny_gpt2() -> torch.nn.Module:
     from transformers import GPT2Config, GPT2LMHeadModel
 
+    # Token ids inside the tiny vocabulary and the loss named: transformers otherwise warns on every build.
     config = GPT2Config(vocab_size=GPT2_VOCAB, n_positions=GPT2_POSITIONS, n_embd=GPT2_EMBED, n_layer=GPT2_LAYERS,
                         n_head=GPT2_HEADS, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-                        tie_word_embeddings=True)
+                        tie_word_embeddings=True, bos_token_id=GPT2_VOCAB - 1, eos_token_id=GPT2_VOCAB - 1,
+                        loss_type="ForCausalLM")
     return GPT2LMHeadModel(config)
 
 

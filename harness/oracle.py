@@ -1,10 +1,18 @@
 """The oracle: what a scenario must produce, computed in one process with pure PyTorch in float64.
 
-No accelerate, no DeepSpeed. The rule it encodes (DESIGN §3): every micro-batch loss is divided by the
-*configured* G whatever the window length; gradients are averaged over ranks at the boundary; the
-pre-clip global norm is measured, gradients clipped once, the optimizer steps, gradients are zeroed. With the
-user's own token normalisation (``loss_norm="tokens"``, ``scale_wrt_gas=False``) nothing divides by G: each
-micro-batch contributes its token-loss sum over the rank's token count of the window.
+No accelerate, no DeepSpeed. It trains along the steps the model of DESIGN §3 gives (``programs/model.py``) with
+the loss scaling rule of §3: every micro-batch loss is divided by the *configured* G whatever the window length
+(with the user's own token normalisation, ``scale_wrt_gas=False``, nothing divides by G); gradients are averaged
+over ranks at the step; the pre-clip global norm is measured, gradients clipped once, the optimizer and its lr
+schedule step, gradients are zeroed.
+
+Two expectations come out of it:
+- ``expected``: free-running from the initial weights (the trajectory a perfect float64 run takes). Shared by every
+  API style with the same steps, so it is computed once per (data, steps) and cached by the runner.
+- ``teacher_forced``: each step judged from where the *run* stood: the float64 gradients of the step's window at
+  the run's own parameters before it, and the step itself applied to the run's own parameters and recorded
+  gradients. Round-off of low precision (bf16) or of AdamW's per-element division cannot accumulate across steps
+  there, so the tolerance can be tight enough to see a missed, doubled or late step at any step.
 """
 from __future__ import annotations
 
@@ -12,12 +20,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .backends import build_optimizer
+from .backends import build_optimizer, warmup
 from .data import cast, micro_batch, window_tokens
 from .models import build_model, forward_loss, forward_token_loss_sum
+from .programs.model import Expectation
 from .scenario import Scenario
-
-Tensors = dict[str, torch.Tensor]
+from .trace import Tensors, Trace
 
 
 @dataclass
@@ -25,7 +33,7 @@ class OracleStep:
     micro_step: int
     pre_clip_norm: float
     grads: Tensors  # pre-clip, averaged over ranks
-    params: Tensors  # after the step
+    params: Tensors | None  # after the step (None: the run recorded no gradients to step with)
     lr: float
 
 
@@ -33,45 +41,171 @@ class OracleStep:
 class OracleTrace:
     losses: list[list[float]] = field(default_factory=list)  # [rank][micro-batch]
     steps: list[OracleStep] = field(default_factory=list)
+    leftover: list[Tensors] = field(default_factory=list)  # [rank]: the gradients the program leaves behind
 
     @property
     def final_params(self) -> Tensors:
-        return self.steps[-1].params
+        return self.steps[-1].params if self.steps and self.steps[-1].params is not None else {}
 
 
-def expected(scenario: Scenario) -> OracleTrace:
-    model = build_model(scenario.model, scenario.seed).double()
-    optimizer = build_optimizer(scenario.optimizer, model.parameters())
-    named = list(model.named_parameters())
-    params = [p for _, p in named]
-    trace = OracleTrace(losses=[[] for _ in range(scenario.world_size)])
-    index = 0
-    s = scenario
-    for window in scenario.windows:
-        span = range(index, index + window)
-        for _ in range(window):
-            for rank in range(s.world_size):
-                batch = cast(micro_batch(s.model, s.seed, rank, index, s.micro_batch_size), torch.float64)
-                if s.loss_norm == "tokens":
-                    loss = forward_token_loss_sum(model, batch) / window_tokens(s.model, s.seed, rank, span,
-                                                                                s.micro_batch_size)
-                    scaled = loss
-                else:
-                    loss = forward_loss(model, batch)
-                    scaled = loss / s.configured_g
-                trace.losses[rank].append(float(loss.detach()))
-                (scaled / s.world_size).backward()
-            index += 1
-        grads = {name: p.grad.detach().clone() for name, p in named if p.grad is not None}
-        bound = float("inf") if scenario.clip is None else scenario.clip
-        norm = torch.nn.utils.clip_grad_norm_(params, bound)
-        optimizer.step()
-        optimizer.zero_grad()
-        trace.steps.append(OracleStep(
-            micro_step=index - 1,
-            pre_clip_norm=float(norm),
-            grads=grads,
-            params={name: p.detach().clone() for name, p in named},
-            lr=float(optimizer.param_groups[0]["lr"]),
-        ))
+class _Float64Run:
+    """The scenario's model, optimizer and lr schedule in float64, and its per-micro-batch losses."""
+
+    def __init__(self, scenario: Scenario) -> None:
+        self.s = scenario
+        self.model = build_model(scenario.model, scenario.seed).double()
+        self.named = list(self.model.named_parameters())
+        self.params = [p for _, p in self.named]
+        self.optimizer = build_optimizer(scenario.optimizer, self.params)
+        self.scheduler = (torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup)
+                          if scenario.lr_schedule == "warmup" else None)
+        windows = scenario.windows
+        self._window_of = [range(start, start + w) for start, w in zip(_starts(windows), windows) for _ in range(w)]
+
+    def load(self, tensors: Tensors) -> None:
+        with torch.no_grad():
+            for name, p in self.named:
+                p.copy_(tensors[name].double())
+
+    def snapshot(self) -> Tensors:
+        return {name: p.detach().clone() for name, p in self.named}
+
+    def losses(self, rank: int, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the loss the user sees, what backpropagates: loss / configured G, or the user's token normalisation).
+        Beyond the program (the P8 probe micro-batch) the plain mean loss scaled by the engine."""
+        s = self.s
+        batch = cast(micro_batch(s.model, s.seed, rank, index, s.micro_batch_size), torch.float64)
+        if s.loss_norm == "tokens" and index < len(self._window_of):
+            loss = forward_token_loss_sum(self.model, batch) / window_tokens(
+                s.model, s.seed, rank, self._window_of[index], s.micro_batch_size)
+            return loss, loss
+        loss = forward_loss(self.model, batch)
+        return loss, loss / s.configured_g
+
+    def gradient(self, rank: int, index: int) -> tuple[float, Tensors]:
+        loss, scaled = self.losses(rank, index)
+        grads = torch.autograd.grad(scaled, self.params, allow_unused=True)
+        return float(loss.detach()), {name: (torch.zeros_like(p) if g is None else g.detach())
+                                      for (name, p), g in zip(self.named, grads)}
+
+    def step(self, grads: Tensors, clip: float | None) -> tuple[float, float]:
+        """Clip ``grads`` once and step the optimizer: (pre-clip norm, lr used)."""
+        for name, p in self.named:
+            p.grad = grads[name].double().clone()
+        norm = torch.nn.utils.clip_grad_norm_(self.params, float("inf") if clip is None else clip)
+        lr = float(self.optimizer.param_groups[0]["lr"])
+        self.optimizer.step()
+        self.optimizer.zero_grad()
+        return float(norm), lr
+
+    def advance(self, scheduler_steps: int) -> None:
+        """The lr schedule's steps at the end of a micro-batch (accelerate's wrapper may step it without a step)."""
+        for _ in range(scheduler_steps if self.scheduler is not None else 0):
+            self.scheduler.step()
+
+    @property
+    def lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+
+def _starts(windows: tuple[int, ...]) -> list[int]:
+    out, start = [], 0
+    for w in windows:
+        out.append(start)
+        start += w
+    return out
+
+
+def _add(total: Tensors | None, more: Tensors) -> Tensors:
+    return dict(more) if total is None else {k: total[k] + more[k] for k in total}
+
+
+def _mean(per_rank: list[Tensors]) -> Tensors:
+    return {k: sum(t[k] for t in per_rank) / len(per_rank) for k in per_rank[0]}
+
+
+def _leftover(run: _Float64Run, expectation: Expectation, start: int, count: int, world: int,
+              probe: int | None) -> list[Tensors]:
+    """What each rank reads after the program: the gradients of the micro-batches after the last step, each rank's
+    own until a micro-batch reduces them (DDP all-reduces everything accumulated so far), averaged at a ZeRO 1-3
+    probe micro-batch, which adds its own gradient at a boundary."""
+    local: list[Tensors] = [{name: torch.zeros_like(p) for name, p in run.named} for _ in range(world)]
+    for m in range(start, count):
+        local = [_add(local[r], run.gradient(r, m)[1]) for r in range(world)]
+        if expectation.micro_batches[m].reduces:
+            local = [_mean(local)] * world
+    if probe is not None:
+        local = [_add(local[r], run.gradient(r, probe)[1]) for r in range(world)]
+        local = [_mean(local)] * world
+    return local
+
+
+def _played(expectation: Expectation) -> int:
+    return expectation.error_at if expectation.error is not None else len(expectation.micro_batches)
+
+
+def expected(scenario: Scenario, expectation: Expectation, probe: int | None = None) -> OracleTrace:
+    """Free-running from the initial weights along the model's steps."""
+    run = _Float64Run(scenario)
+    world = scenario.world_size
+    trace = OracleTrace(losses=[[] for _ in range(world)])
+    accumulated: list[Tensors | None] = [None] * world
+    last_step_end = 0
+    for m in range(_played(expectation)):
+        for r in range(world):
+            loss, grads = run.gradient(r, m)
+            trace.losses[r].append(loss)
+            accumulated[r] = _add(accumulated[r], grads)
+        mb = expectation.micro_batches[m]
+        if mb.steps:
+            averaged = _mean(accumulated)  # type: ignore[arg-type]
+            norm, lr = run.step(averaged, mb.clip)
+            trace.steps.append(OracleStep(m, norm, averaged, run.snapshot(), lr))
+            accumulated, last_step_end = [None] * world, m + 1
+        run.advance(mb.scheduler_steps)
+    trace.leftover = _leftover(run, expectation, last_step_end, _played(expectation), world, probe)
     return trace
+
+
+def teacher_forced(scenario: Scenario, expectation: Expectation, trace: Trace, probe: int | None = None) -> OracleTrace:
+    """Every step from where the run stood (``trace``: rank 0's, every rank holds the same weights): the float64
+    gradients of the step's window at the run's parameters before it, the losses there, and the step applied to the
+    run's own parameters with the run's own gradients (None where it recorded none). Steps past what the run took are
+    not invented: the comparison of counts says that."""
+    run = _Float64Run(scenario)
+    world = scenario.world_size
+    out = OracleTrace(losses=[[] for _ in range(world)])
+    windows = expectation.windows
+    steps = expectation.step_points
+    before = trace.initial_params
+    for k, window in enumerate(windows):
+        if k >= len(trace.steps) or not before:
+            break
+        run.load(before)
+        per_rank: list[Tensors | None] = [None] * world
+        for m in window:
+            for r in range(world):
+                loss, grads = run.gradient(r, m)
+                out.losses[r].append(loss)
+                per_rank[r] = _add(per_rank[r], grads)
+            if m != steps[k]:
+                run.advance(expectation.micro_batches[m].scheduler_steps)
+        averaged = _mean(per_rank)  # type: ignore[arg-type]
+        norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in averaged.values()])))
+        recorded = trace.steps[k].grads
+        mb = expectation.micro_batches[steps[k]]
+        params, lr = None, run.lr
+        if recorded is not None and set(recorded) == set(averaged):
+            _, lr = run.step(recorded, mb.clip)
+            params = run.snapshot()
+        run.advance(mb.scheduler_steps)
+        out.steps.append(OracleStep(steps[k], norm, averaged, params, lr))
+        before = trace.steps[k].params
+    end = steps[len(out.steps) - 1] + 1 if out.steps else 0
+    if len(out.steps) == len(windows) and trace.final_params:
+        run.load(trace.final_params)
+        for m in range(end, _played(expectation)):
+            for r in range(world):
+                out.losses[r].append(float(run.losses(r, m)[0].detach()))
+        out.leftover = _leftover(run, expectation, end, _played(expectation), world, probe)
+    return out

@@ -109,7 +109,8 @@ def shows_expected(expect: str, outcome: Any) -> bool:
     if expect.startswith("error:"):
         text = expect.removeprefix("error:").strip()
         return outcome.outcome == "error" and any(text in tb for tb in outcome.errors.values())
-    return outcome.outcome == "fail" and any(d["prop"] == expect for d in outcome.deviations)
+    code = expect.split()[0]
+    return outcome.outcome == "fail" and any(v.code == code and v.raw == "fail" for v in outcome.properties.values())
 
 
 def what_it_shows(outcome: Any) -> str:
@@ -117,7 +118,7 @@ def what_it_shows(outcome: Any) -> str:
         last = next(iter(outcome.errors.values()), "").strip().splitlines()
         return last[-1][:160] if last else "error"
     if outcome.outcome == "fail":
-        return ", ".join(sorted({d["prop"] for d in outcome.deviations}))
+        return ", ".join(v.name for v in outcome.properties.values() if v.raw == "fail")
     return outcome.reason or ""
 
 

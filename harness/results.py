@@ -16,9 +16,11 @@ from pathlib import Path
 from typing import Any
 
 SCHEMA = "accumgate.results"
-SCHEMA_VERSION = 1
+# 2: one verdict per (scenario, property) under "properties"; the scenario's outcome is the worst of them.
+SCHEMA_VERSION = 2
 OUTCOMES = ("pass", "fail", "error", "unsupported", "xfail", "xpass")
 BAD_OUTCOMES = ("fail", "error", "unsupported", "xpass")
+SEVERITY = {"error": 5, "fail": 4, "xpass": 3, "unsupported": 2, "xfail": 1, "pass": 0}
 
 
 class ResultsError(ValueError):
@@ -26,24 +28,73 @@ class ResultsError(ValueError):
 
 
 @dataclass
-class Outcome:
-    scenario: str
+class Verdict:
+    """One property on one scenario: the unit every report, xfails line and gate decision is about."""
+
+    code: str  # "P2"
+    name: str  # "P2 backend≡oracle"
     outcome: str
-    seconds: float = 0.0
-    axes: dict[str, Any] = field(default_factory=dict)
-    properties: list[str] = field(default_factory=list)  # checked
-    deviations: list[dict[str, str]] = field(default_factory=list)  # first few, as messages
+    deviations: list[dict[str, str]] = field(default_factory=list)  # first few: prop, where, tensor, message
     deviation_count: int = 0
-    metrics: dict[str, float] = field(default_factory=dict)  # worst errors against the oracle, per quantity
-    errors: dict[str, str] = field(default_factory=dict)  # rank -> traceback
-    reason: str | None = None  # unsupported / xfail reason
-    warnings: list[str] = field(default_factory=list)
-    curves: dict[str, list[float | None]] = field(default_factory=dict)
-    env: str | None = None  # which stack produced it, in merged files (versions and target)
+    reason: str | None = None  # why the run gave no evidence (error, unsupported)
+    known: str | None = None  # the xfails line that judged it (xfail, xpass, or a nonstrict pass)
+    raw: str | None = None  # what the run measured before any xfails line judged it (pass, fail, error, unsupported)
 
     @property
     def bad(self) -> bool:
         return self.outcome in BAD_OUTCOMES
+
+    def first_line(self) -> str:
+        known = f" · xfails {self.known}" if self.known else ""
+        if self.deviations:
+            return self.deviations[0]["message"].replace("\n", " ") + known
+        return (self.reason or "") + known
+
+
+@dataclass
+class Outcome:
+    scenario: str
+    outcome: str  # the worst of its properties' outcomes
+    seconds: float = 0.0
+    axes: dict[str, Any] = field(default_factory=dict)
+    properties: dict[str, Verdict] = field(default_factory=dict)  # code -> verdict
+    metrics: dict[str, float] = field(default_factory=dict)  # worst errors against the oracle, per quantity
+    errors: dict[str, str] = field(default_factory=dict)  # rank -> traceback (the scenario's own run)
+    reason: str | None = None  # unsupported / xfail reason of the worst property
+    warnings: list[str] = field(default_factory=list)
+    curves: dict[str, list[float | None]] = field(default_factory=dict)
+    env: str | None = None  # which stack produced it, in merged files (versions and target)
+    program: str | None = None  # a generated program, as the Python it stands for
+
+    @property
+    def bad(self) -> bool:
+        return self.outcome in BAD_OUTCOMES
+
+    @property
+    def deviations(self) -> list[dict[str, str]]:
+        """Every property's first deviations, worst property first (what summaries and pages show)."""
+        ordered = sorted(self.properties.values(), key=lambda v: -SEVERITY[v.outcome])
+        return [d for verdict in ordered for d in verdict.deviations]
+
+    @property
+    def deviation_count(self) -> int:
+        return sum(v.deviation_count for v in self.properties.values())
+
+    def to_json(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["properties"] = {code: dataclasses.asdict(v) for code, v in self.properties.items()}
+        return data
+
+    @classmethod
+    def from_json(cls, item: dict[str, Any]) -> "Outcome":
+        names = {f.name for f in dataclasses.fields(cls)}
+        data = {k: v for k, v in item.items() if k in names}
+        data["properties"] = {code: Verdict(**v) for code, v in item.get("properties", {}).items()}
+        return cls(**data)
+
+
+def worst(outcomes: list[str]) -> str:
+    return max(outcomes, key=lambda o: SEVERITY[o]) if outcomes else "pass"
 
 
 @dataclass
@@ -62,16 +113,23 @@ class RunResults:
             counts[outcome.outcome] += 1
         return counts
 
+    def property_counts(self) -> dict[str, int]:
+        """Outcomes of every (scenario, property) verdict."""
+        counts = {name: 0 for name in OUTCOMES}
+        for outcome in self.outcomes:
+            for verdict in outcome.properties.values():
+                counts[verdict.outcome] += 1
+        return counts
+
     def to_json(self) -> dict[str, Any]:
         return {
             "schema": SCHEMA, "version": SCHEMA_VERSION, "created": self.created, "target": self.target,
             "selection": self.selection, "environment": self.environment, "wall_seconds": self.wall_seconds,
-            "counts": self.counts(), "warnings": self.warnings,
-            "scenarios": [dataclasses.asdict(o) for o in self.outcomes],
+            "counts": self.counts(), "property_counts": self.property_counts(), "warnings": self.warnings,
+            "scenarios": [o.to_json() for o in self.outcomes],
         }
 
 
-SEVERITY = {"error": 5, "fail": 4, "xpass": 3, "unsupported": 2, "xfail": 1, "pass": 0}
 
 
 def environment_label(results: "RunResults") -> str:
@@ -80,10 +138,17 @@ def environment_label(results: "RunResults") -> str:
     return f"{results.target} · accelerate {caps.get('accelerate')} · deepspeed {caps.get('deepspeed')}"
 
 
-def environment() -> dict[str, Any]:
-    from reference_impl.compat import capabilities
+def environment(target: str | None = None) -> dict[str, Any]:
+    """The installed stack as the harness reads it, and what the target says of itself where it says anything (a
+    ``capabilities()`` function in the target's module): reached through the target string, never imported."""
+    from .stack import capabilities
+    from .targets import target_capabilities
 
-    return {"python": platform.python_version(), "platform": platform.platform(), "capabilities": capabilities()}
+    env: dict[str, Any] = {"python": platform.python_version(), "platform": platform.platform(),
+                           "capabilities": capabilities()}
+    if target is not None:
+        env["target_capabilities"] = target_capabilities(target)
+    return env
 
 
 # ------------------------------------------------------------------------------------------------ writing
@@ -114,6 +179,8 @@ def junit_xml(results: RunResults) -> str:
     for outcome in results.outcomes:
         case = ET.SubElement(suite, "testcase", classname=f"accumgate.{outcome.axes.get('backend', 'scenario')}",
                              name=outcome.scenario, time=f"{outcome.seconds:.3f}")
+        ET.SubElement(ET.SubElement(case, "properties"), "property", name="verdicts",
+                      value=" ".join(f"{code}={v.outcome}" for code, v in outcome.properties.items()))
         if outcome.outcome == "fail":
             text = "\n\n".join(d["message"] for d in outcome.deviations)
             ET.SubElement(case, "failure", message=_first_line(text), type="deviation").text = text
@@ -137,19 +204,22 @@ def _first_line(text: str) -> str:
 
 def summary_md(results: RunResults) -> str:
     counts = results.counts()
+    verdicts = results.property_counts()
     lines = [f"# accumgate run · target `{results.target}`", "",
              f"{len(results.outcomes)} scenarios in {results.wall_seconds:.1f} s: "
-             + ", ".join(f"{n} {name}" for name, n in counts.items() if n), ""]
+             + ", ".join(f"{n} {name}" for name, n in counts.items() if n),
+             f"{sum(verdicts.values())} (scenario, property) verdicts: "
+             + ", ".join(f"{n} {name}" for name, n in verdicts.items() if n), ""]
     caps = results.environment.get("capabilities", {})
     if caps:
         lines += [f"torch {caps.get('torch')} · accelerate {caps.get('accelerate')} · deepspeed {caps.get('deepspeed')}", ""]
-    bad = [o for o in results.outcomes if o.bad]
+    bad = [(o, v) for o in results.outcomes for v in o.properties.values() if v.bad]
     if bad:
-        lines += ["| scenario | outcome | first deviation / reason |", "|---|---|---|"]
-        for o in bad:
-            detail = o.deviations[0]["message"] if o.deviations else (o.reason or _first_line(
-                "\n".join(o.errors.values()).strip().splitlines()[-1] if o.errors else ""))
-            lines.append(f"| `{o.scenario}` | {o.outcome} | {detail.replace('|', '/').replace(chr(10), ' ')} |")
+        lines += ["| scenario | property | outcome | first deviation / reason |", "|---|---|---|---|"]
+        for o, v in bad:
+            detail = v.first_line() or _first_line("\n".join(o.errors.values()).strip().splitlines()[-1]
+                                                   if o.errors else "")
+            lines.append(f"| `{o.scenario}` | {v.code} | {v.outcome} | {detail.replace('|', '/')} |")
     else:
         lines.append("Every scenario passed or failed as expected.")
     for warning in results.warnings:
@@ -188,11 +258,11 @@ def load(path: str | Path) -> RunResults:
     if data.get("version") != SCHEMA_VERSION:
         raise ResultsError(f"{path}: schema version {data.get('version')!r}, this accumgate reads {SCHEMA_VERSION}")
     try:
-        names = {f.name for f in dataclasses.fields(Outcome)}
-        outcomes = [Outcome(**{k: v for k, v in item.items() if k in names}) for item in data["scenarios"]]
+        outcomes = [Outcome.from_json(item) for item in data["scenarios"]]
         for o in outcomes:
-            if o.outcome not in OUTCOMES:
-                raise ValueError(f"scenario {o.scenario}: unknown outcome {o.outcome!r}")
+            for found in [o.outcome] + [v.outcome for v in o.properties.values()]:
+                if found not in OUTCOMES:
+                    raise ValueError(f"scenario {o.scenario}: unknown outcome {found!r}")
         return RunResults(target=data["target"], outcomes=outcomes, environment=data.get("environment", {}),
                           selection=data.get("selection", {}), created=data.get("created", ""),
                           wall_seconds=float(data.get("wall_seconds", 0.0)), warnings=data.get("warnings", []))

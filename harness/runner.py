@@ -1,16 +1,23 @@
-"""Scenarios in, outcomes out: worlds + oracle + properties + xfails. The CLI and the pytest plugin only
-call this; neither orchestrates anything itself.
+"""Scenarios in, one verdict per (scenario, property) out: worlds + model + oracle + the property registry + xfails.
+The CLI, the pytest plugin and the explorer only ask this; none of them orchestrates anything itself.
+
+Every run a property needs (the scenario, its accumulate() baseline, upstream, a split, a probe, a follow-up) runs
+once and is cached; so are the model's expectations and the oracles (the free-running one is shared by every API
+style with the same steps).
 """
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
-from typing import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Iterable, Sequence
 
-from . import oracle as oracle_mod
-from . import properties
+from . import metrics, oracle
 from .compare import Deviation
-from .results import Outcome, RunResults, environment
+from .programs.model import Expectation, Facts, InvalidProgram, expect
+from .properties import CODES, REGISTRY, SUBJECT, Evidence, Need, NotDecided, Property, applicable
+from .properties.batch_split import SPLIT_REFERENCE, split_compared, split_loss_drift
+from .properties.communication import applies as communication_applies
+from .results import SEVERITY, Outcome, RunResults, Verdict, environment, worst
 from .scenario import Scenario
 from .world import JobResult, World
 from .xfails import Xfail, judge, match
@@ -43,148 +50,144 @@ class WorldPool:
         return warnings
 
 
-def properties_for(scenario: Scenario) -> list[str]:
-    names = [properties.P4, properties.P2 if scenario.is_uniform else properties.P5, properties.P8]
-    if scenario.api == "step_and_zero_grad" or scenario.is_deepspeed:
-        names.append(properties.P6)
-    if properties.promises_no_sync_off_boundary(scenario):
-        names.append(properties.P7)
-    if scenario.is_uniform and scenario.api != "auto":
-        names.append(properties.P1)
-    if properties.batch_split_checked(scenario):
-        names.append(properties.P10)
-    return names
+@dataclass(frozen=True)
+class _RunKey:
+    scenario: Scenario
+    target: str
+    probe: str | None
+    after: Scenario | None
 
 
 class Runner:
-    """Runs scenarios on one target; caches every job so cross-scenario properties (P1, P3) cost one run."""
+    """Runs what the properties need on one target and returns their verdicts; caches every job and expectation."""
 
     def __init__(self, target: str, xfails: Sequence[Xfail] = (), pool: WorldPool | None = None,
-                 job_timeout_s: float = 120.0, check_upstream: bool = False, count_collectives: bool = True) -> None:
+                 job_timeout_s: float = 120.0, count_collectives: bool = True) -> None:
         self.target = target
         self.xfails = list(xfails)
         self.pool = pool or WorldPool(job_timeout_s)
-        self.check_upstream = check_upstream
         self.count_collectives = count_collectives
-        self._jobs: dict[tuple[Scenario, str], JobResult] = {}
-        self._evaluations: dict[Scenario, tuple[JobResult, list[Deviation]]] = {}
-        self._oracles: dict[Scenario, oracle_mod.OracleTrace] = {}
+        self._jobs: dict[_RunKey, JobResult] = {}
+        self._expectations: dict[tuple, Expectation] = {}
+        self._free: dict[tuple, oracle.OracleTrace] = {}
+        self._local: dict[tuple, oracle.OracleTrace] = {}
+        self._verdicts: dict[tuple[Scenario, str], Verdict] = {}
+        self._seconds: dict[Scenario, float] = {}
 
-    def job(self, scenario: Scenario, target: str | None = None) -> JobResult:
-        key = (scenario, target or self.target)
+    # -- runs -----------------------------------------------------------------------------------------------
+    def job(self, need: Need) -> JobResult:
+        key = _RunKey(need.scenario, need.target or self.target, need.probe, need.after)
         if key not in self._jobs:
-            # The profiler that counts collectives triples a job's time (measured: GPT-2 at ZeRO-3 0.7 → 2.4 s);
-            # it runs only where P7 judges the counts.
-            counting = self.count_collectives and properties.promises_no_sync_off_boundary(scenario)
-            self._jobs[key] = self.pool.run(scenario, key[1], count_collectives=counting)
+            started = time.perf_counter()
+            # The profiler that counts collectives triples a job's time: only where P7 judges the counts.
+            counting = (self.count_collectives and need.probe is None and need.after is None
+                        and communication_applies(need.scenario))
+            if need.after is not None:
+                self.pool.run(need.after, key.target)
+            self._jobs[key] = self.pool.run(need.scenario, key.target, count_collectives=counting,
+                                            **({"probe": need.probe} if need.probe else {}))
+            self._seconds[need.scenario] = self._seconds.get(need.scenario, 0.0) + time.perf_counter() - started
         return self._jobs[key]
 
-    # -- properties ---------------------------------------------------------------------------------------
-    def deviations(self, scenario: Scenario, traces: list, expected: oracle_mod.OracleTrace) -> list[Deviation]:
-        found = (properties.steps_at_boundaries(scenario, traces)
-                 + properties.sync_gradients_follow_boundaries(scenario, traces)
-                 + properties.matches_oracle(scenario, traces, expected)
-                 + properties.ranks_agree(scenario, traces)
-                 + properties.engine_grad_norms(scenario, traces, expected)
-                 + properties.grads_zeroed_after_last_step(scenario, traces))
-        if scenario.api == "step_and_zero_grad":
-            found += properties.returned_norms(scenario, traces, expected)
-        if properties.promises_no_sync_off_boundary(scenario):
-            found += properties.gradient_sync_follows_boundaries(scenario, traces)
-            found += properties.collectives_follow_boundaries(scenario, traces)
-        if properties.P1 in properties_for(scenario):
-            found += self._p1(scenario, traces)
-        if self.check_upstream and scenario.api in ("auto", "legacy") and scenario.is_uniform:
-            found += self._p3(scenario, traces)
-        if properties.P10 in properties_for(scenario):
-            found += self._p10(scenario, traces)
-        return found
+    # -- expectations ---------------------------------------------------------------------------------------
+    def expectation(self, scenario: Scenario, facts: dict[str, Any]) -> Expectation:
+        key = (scenario, tuple(sorted(facts.items())))
+        if key not in self._expectations:
+            self._expectations[key] = expect(scenario.program, Facts(**facts), scenario.configured_g, scenario.clip,
+                                             scheduler=scenario.lr_schedule != "const")
+        return self._expectations[key]
 
-    def split_reference_traces(self, scenario: Scenario) -> list | None:
-        """Traces of the one-micro-batch-per-window split of the same data (None when it did not run)."""
-        reference = scenario.split_reference
-        if reference is None:
-            return None
-        base = self.job(reference)
-        return base.traces if base.ok else None
+    def free_oracle(self, scenario: Scenario, expectation: Expectation) -> oracle.OracleTrace:
+        """Depends on the data, the optimizer and the steps, not on the API style: shared across styles."""
+        plan = tuple((mb.steps, mb.clip, mb.scheduler_steps, mb.reduces) for mb in expectation.micro_batches)
+        key = (scenario.model, scenario.seed, scenario.optimizer, scenario.world_size, scenario.micro_batch_size,
+               scenario.loss_norm, scenario.windows if scenario.loss_norm == "tokens" else None,
+               scenario.configured_g, scenario.lr_schedule, plan, expectation.error_at)
+        if key not in self._free:
+            self._free[key] = oracle.expected(scenario, expectation)
+        return self._free[key]
 
-    def _p10(self, scenario: Scenario, traces: list) -> list[Deviation]:
-        base = self.split_reference_traces(scenario)
-        if base is None:
-            return []  # the reference split's own outcome reports its problem
-        return properties.batch_split_invariant(scenario, traces, scenario.split_reference, base)
+    def local_oracle(self, scenario: Scenario, expectation: Expectation, trace: Any) -> oracle.OracleTrace:
+        key = (scenario, id(trace))
+        if key not in self._local:
+            self._local[key] = oracle.teacher_forced(scenario, expectation, trace, probe=trace.leftover_probe)
+        return self._local[key]
 
-    def _p1(self, scenario: Scenario, traces: list) -> list[Deviation]:
-        baseline = scenario.with_api("auto")
-        base = self.job(baseline)
-        if not base.ok:
-            return []  # the baseline's own outcome reports its problem
-        if scenario.backend == "ddp" and scenario.api == "kwarg":
-            return properties.close_to_baseline(scenario, traces, baseline, base.traces)
-        return properties.bit_identical(scenario, traces, baseline, base.traces)
+    # -- verdicts -------------------------------------------------------------------------------------------
+    def evidence(self, scenario: Scenario, prop: Property) -> Evidence:
+        needs = {need.role: need for need in prop.needs(scenario)}
+        results = {role: self.job(need) for role, need in needs.items()}
+        return Evidence(scenario, needs, results, self.expectation, self.free_oracle, self.local_oracle)
 
-    def _p3(self, scenario: Scenario, traces: list) -> list[Deviation]:
-        upstream = self.job(scenario, "native")
-        if not upstream.ok:
-            return [Deviation(scenario.id, properties.P3, "upstream run", "native target",
-                              f"could not run on upstream accelerate: {upstream.status} {upstream.reason or ''}")]
-        return properties.bit_identical(scenario, traces, scenario, upstream.traces, prop=properties.P3,
-                                        baseline_label="upstream accelerate")
+    def verdict(self, scenario: Scenario, code: str) -> Verdict:
+        key = (scenario, code)
+        if key not in self._verdicts:
+            self._verdicts[key] = self._decide(scenario, REGISTRY[code])
+        return self._verdicts[key]
 
-    # -- outcomes -----------------------------------------------------------------------------------------
-    def evaluate(self, scenario: Scenario) -> tuple[JobResult, list[Deviation]]:
-        """The job and every deviation found in it, computed once per scenario (the pytest plugin asks
-        per property family; the CLI once per scenario)."""
-        if scenario not in self._evaluations:
-            result = self.job(scenario)
-            found: list[Deviation] = []
-            if result.ok:
-                found = self.deviations(scenario, result.traces, self.expected(scenario))
-            self._evaluations[scenario] = (result, found)
-        return self._evaluations[scenario]
+    def _decide(self, scenario: Scenario, prop: Property) -> Verdict:
+        reason = None
+        try:
+            found: list[Deviation] = prop.judge(scenario, self.evidence(scenario, prop))
+            raw = "fail" if found else "pass"
+        except NotDecided as undecided:
+            found, raw, reason = [], undecided.outcome, undecided.reason
+        except InvalidProgram as invalid:
+            found, raw, reason = [], "error", f"the harness built an invalid program: {invalid}"
+        known = match(self.xfails, scenario.id, prop.code)
+        outcome, _ = judge(raw, known)
+        return Verdict(prop.code, prop.name, outcome,
+                       [{"prop": d.prop, "where": d.where, "tensor": d.tensor, "message": d.message()}
+                        for d in found[:MAX_DEVIATIONS_KEPT]], len(found), reason,
+                       known.text() if known else None, raw)
 
-    def expected(self, scenario: Scenario) -> oracle_mod.OracleTrace:
-        if scenario not in self._oracles:
-            self._oracles[scenario] = oracle_mod.expected(scenario)
-        return self._oracles[scenario]
+    def verdicts(self, scenario: Scenario) -> dict[str, Verdict]:
+        return {prop.code: self.verdict(scenario, prop.code) for prop in applicable(scenario, self.target)}
 
-    def xfail_for(self, scenario: Scenario) -> Xfail | None:
-        return match(self.xfails, scenario.id)
-
-    def outcome(self, scenario: Scenario) -> Outcome:
+    # -- outcomes -------------------------------------------------------------------------------------------
+    def outcome(self, scenario: Scenario, codes: Iterable[str] | None = None) -> Outcome:
+        """The scenario's verdicts (every applicable property, or those named) and what reports keep beside them."""
         started = time.perf_counter()
-        result, found = self.evaluate(scenario)
-        base = Outcome(scenario=scenario.id, outcome="pass", axes=asdict(scenario),
-                       properties=properties_for(scenario))
+        wanted = [p.code for p in applicable(scenario, self.target)] if codes is None else list(codes)
+        verdicts = {code: self.verdict(scenario, code) for code in wanted}
+        out = Outcome(scenario=scenario.id, outcome=worst([v.outcome for v in verdicts.values()]),
+                      axes={k: v for k, v in asdict(scenario).items() if k != "generated"}, properties=verdicts)
+        if scenario.api == "program":
+            out.program = scenario.program.code(scenario.clip, scenario.lr_schedule != "const")
+        bad = [v for v in verdicts.values() if v.outcome != "pass"]
+        if bad:
+            out.reason = max(bad, key=lambda v: SEVERITY[v.outcome]).first_line()[:500]
+        result = self.job(Need(SUBJECT, scenario))
         if result.status == "error":
-            base.outcome = "error"
-            base.errors = {str(rank): text for rank, text in sorted(result.errors.items())}
-        elif result.status == "unsupported":
-            base.outcome, base.reason = "unsupported", result.reason
-        else:
-            expected = self.expected(scenario)
-            base.deviation_count = len(found)
-            base.deviations = [{"prop": d.prop, "where": d.where, "tensor": d.tensor, "message": d.message()}
-                               for d in found[:MAX_DEVIATIONS_KEPT]]
-            base.metrics = properties.oracle_errors(scenario, result.traces, expected)
-            reference_traces = self.split_reference_traces(scenario) if properties.split_compared(scenario) else None
-            if reference_traces is not None:
-                base.metrics["split_window_loss_drift"] = properties.split_loss_drift(
-                    scenario, result.traces, scenario.split_reference, reference_traces)
-            base.curves = properties.curves(result.traces, expected)
-            base.warnings = sorted({w for trace in result.traces for w in trace.warnings})
-            base.outcome = "fail" if found else "pass"
-        base.seconds = result.seconds + (time.perf_counter() - started)
-        known = self.xfail_for(scenario)
-        if known and base.outcome == "unsupported":
-            base.outcome, base.reason = "xfail", f"{base.reason} · xfail: {known.reason}"
-        elif known:
-            base.outcome, base.reason = judge(base.outcome, known)
-        return base
+            out.errors = {str(rank): text for rank, text in sorted(result.errors.items())}
+        elif result.ok and not scenario.is_client:
+            self._measure(scenario, result, out)
+        out.seconds = self._seconds.get(scenario, 0.0) + (time.perf_counter() - started)
+        return out
+
+    def _measure(self, scenario: Scenario, result: JobResult, out: Outcome) -> None:
+        try:
+            expectation = self.expectation(scenario, result.traces[0].facts)
+            out.metrics = metrics.oracle_errors(result.traces, self.local_oracle(scenario, expectation,
+                                                                                 result.traces[0]))
+            out.curves = metrics.curves(result.traces, self.free_oracle(scenario, expectation))
+        except InvalidProgram:
+            return
+        if split_compared(scenario):
+            reference = self.job(Need(SPLIT_REFERENCE, scenario.split_reference))
+            if reference.ok:
+                out.metrics["split_window_loss_drift"] = split_loss_drift(
+                    scenario, result.traces, scenario.split_reference, reference.traces)
+        out.warnings = sorted({w for trace in result.traces for w in trace.warnings})
 
     def outcomes(self) -> list[Outcome]:
-        """Outcomes of every scenario evaluated so far (the pytest plugin's report at session end)."""
-        return [self.outcome(scenario) for scenario in list(self._evaluations)]
+        """Outcomes of every scenario judged so far, with the properties that were asked (the pytest plugin's
+        report at session end)."""
+        asked: dict[Scenario, list[str]] = {}
+        for scenario, code in self._verdicts:
+            asked.setdefault(scenario, []).append(code)
+        order = {code: i for i, code in enumerate(CODES)}
+        return [self.outcome(s, sorted(codes, key=order.get)) for s, codes in asked.items()]
 
     def run(self, scenarios: Iterable[Scenario], on_outcome: Callable[[Outcome], None] | None = None,
             selection: dict | None = None) -> RunResults:
@@ -196,5 +199,5 @@ class Runner:
             if on_outcome:
                 on_outcome(outcome)
         warnings = self.pool.close()
-        return RunResults(target=self.target, outcomes=outcomes, environment=environment(),
+        return RunResults(target=self.target, outcomes=outcomes, environment=environment(self.target),
                           selection=selection or {}, wall_seconds=time.perf_counter() - started, warnings=warnings)

@@ -10,10 +10,20 @@ import itertools
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
+from .programs.program import Program
+from .programs.styles import STYLES, program_of
+
 # Axis values. ``*off`` backends offload the optimizer state to CPU (ZeRO-Offload).
 BACKENDS = ("single", "ddp", "fsdp", "ds0", "ds1", "ds2", "ds3", "ds2off", "ds3off")
-API_STYLES = ("auto", "kwarg", "set_boundary", "step_and_zero_grad", "ds_native", "legacy")
+API_STYLES = tuple(STYLES)
 MANUAL_API_STYLES = ("kwarg", "set_boundary", "step_and_zero_grad")
+# Styles whose code uses none of the new API: they must give the installed upstream's bytes (P3).
+UNTOUCHED_API_STYLES = ("auto", "legacy", "ddp_native")
+# A generated program (``Scenario.program`` holds it; the schedule names only the configured G, ``g<N>``).
+PROGRAM = "program"
+# Client programs the suite did not write (harness/clients.py), run as they are: their schedule is "client".
+CLIENT_STYLES = ("test_sync",)
+CLIENT = "client"
 OPTIMIZERS = ("sgd", "adamw")
 PRECISIONS = ("fp32", "bf16")
 CLIPS = (1.0, None)
@@ -23,6 +33,11 @@ MODELS = ("mlp", "gpt2")
 # engine / accelerate divide it by G); ``tokens`` = the token-level sum divided by the rank's token count of the
 # whole window, passed with ``backward(loss, scale_wrt_gas=False)`` (DeepSpeed; transformers #34191, #35808).
 LOSS_NORMS = ("mean", "tokens")
+# The learning rate: constant, or a linear warm-up over 4 scheduler steps (LambdaLR), prepared by accelerate, so that
+# "step counts and lr schedule follow" (P4) is measured: accelerate's scheduler wrapper steps num_processes times per
+# optimizer step, DeepSpeed's engine once per boundary.
+LR_SCHEDULES = ("const", "warmup")
+WARMUP_STEPS = 4
 
 # Schedule name -> (configured gradient_accumulation_steps G, window lengths).
 SCHEDULES: dict[str, tuple[int, tuple[int, ...]]] = {
@@ -66,6 +81,8 @@ class Scenario:
     seed: int = 0
     micro_batch_size: int = DEFAULT_MICRO_BATCH
     loss_norm: str = "mean"
+    lr_schedule: str = "const"
+    generated: Program | None = None  # the micro-batches of a generated program (api "program")
 
     def __post_init__(self) -> None:
         problem = invalid_reason(self)
@@ -73,12 +90,39 @@ class Scenario:
             raise ValueError(f"invalid scenario {self.id}: {problem}")
 
     @property
+    def is_client(self) -> bool:
+        return self.api in CLIENT_STYLES
+
+    @property
     def configured_g(self) -> int:
+        if self.is_client:
+            return 1
+        if self.api == PROGRAM:
+            return int(self.schedule[1:])
         return SCHEDULES[self.schedule][0]
 
     @property
     def windows(self) -> tuple[int, ...]:
+        """The windows the user means (a generated program's are whatever the model says: one per micro-batch)."""
+        if self.api == PROGRAM:
+            return tuple(1 for _ in self.generated.micro_batches)
+        if self.is_client:
+            return ()
         return SCHEDULES[self.schedule][1]
+
+    @property
+    def program(self) -> Program:
+        """What the user's loop does per micro-batch: the style's program over the schedule, or the generated one."""
+        if self.api == PROGRAM:
+            return self.generated
+        if self.is_client:
+            return Program(())
+        return program_of(self.api, self.windows, self.accumulate_finds_boundaries, self.ends_with_dataloader)
+
+    @property
+    def untouched(self) -> bool:
+        """Code that uses none of the new API (P3: the installed upstream's bytes)."""
+        return not self.program.uses_new_api
 
     @property
     def micro_batches(self) -> int:
@@ -120,8 +164,12 @@ class Scenario:
 
     @property
     def id(self) -> str:
+        if self.is_client:
+            return f"{self.backend}-{self.api.replace('_', '')}-w{self.world_size}"
         clip = "noclip" if self.clip is None else f"clip{self.clip:g}"
         parts = [self.backend, self.api.replace("_", ""), self.schedule, self.optimizer, self.precision, clip]
+        if self.lr_schedule != "const":
+            parts.append(self.lr_schedule)
         if self.micro_batch_size != DEFAULT_MICRO_BATCH:
             parts.append(f"mb{self.micro_batch_size}")
         if self.model != "mlp":
@@ -131,6 +179,8 @@ class Scenario:
         parts.append(f"w{self.world_size}")
         if self.seed:
             parts.append(f"seed{self.seed}")
+        if self.api == PROGRAM:
+            parts.append(self.generated.digest)
         return "-".join(parts)
 
     def __str__(self) -> str:
@@ -153,10 +203,23 @@ class Scenario:
 
 def invalid_reason(s: Scenario) -> str | None:
     """Why an axis combination means nothing (None when it is a real scenario)."""
+    if s.is_client:
+        defaults = Scenario.__dataclass_fields__
+        if s.backend not in ("single", "ddp") or s.schedule != CLIENT or any(
+                getattr(s, name) != defaults[name].default for name in ("optimizer", "precision", "clip", "model")):
+            return f"client {s.api!r} runs as it is, on single or ddp, with schedule {CLIENT!r}"
+        return None if (s.backend == "single") == (s.world_size == 1) else "single is one process, ddp two"
+    if s.api == PROGRAM:
+        if s.generated is None or not s.schedule.startswith("g") or not s.schedule[1:].isdigit():
+            return "a generated program needs its micro-batches and a schedule 'g<configured G>'"
+    elif s.generated is not None:
+        return f"api {s.api!r} is a named style; only api 'program' carries generated micro-batches"
     checks = [
         (s.backend in BACKENDS, f"backend {s.backend!r}: expected one of {', '.join(BACKENDS)}"),
-        (s.api in API_STYLES, f"api {s.api!r}: expected one of {', '.join(API_STYLES)}"),
-        (s.schedule in SCHEDULES, f"schedule {s.schedule!r}: expected one of {', '.join(SCHEDULES)}"),
+        (s.api in API_STYLES or s.api == PROGRAM, f"api {s.api!r}: expected one of {', '.join(API_STYLES)}"),
+        (s.api == PROGRAM or s.schedule in SCHEDULES,
+         f"schedule {s.schedule!r}: expected one of {', '.join(SCHEDULES)}"),
+        (s.lr_schedule in LR_SCHEDULES, f"lr_schedule {s.lr_schedule!r}: expected one of {', '.join(LR_SCHEDULES)}"),
         (s.optimizer in OPTIMIZERS, f"optimizer {s.optimizer!r}: expected one of {', '.join(OPTIMIZERS)}"),
         (s.precision in PRECISIONS, f"precision {s.precision!r}: expected one of {', '.join(PRECISIONS)}"),
         (s.world_size in WORLD_SIZES, f"world size {s.world_size}: expected 1 or 2"),
@@ -171,8 +234,12 @@ def invalid_reason(s: Scenario) -> str | None:
         return "backend 'single' is one process (world size 1)"
     if s.backend in ("ddp", "fsdp") and s.world_size != 2:
         return f"backend {s.backend!r} needs world size 2"
+    if s.api == PROGRAM:
+        return None
     if s.api in ("ds_native", "legacy") and not s.backend.startswith("ds"):
         return f"api {s.api!r} drives a DeepSpeed engine"
+    if s.api == "ddp_native" and s.backend.startswith("ds"):
+        return "api 'ddp_native' is the seed's no_sync() code off DeepSpeed (ds_native is its DeepSpeed twin)"
     if s.api == "legacy" and not s.is_uniform:
         return "api 'legacy' (the engine's own counter) can only produce uniform windows"
     if s.loss_norm == "tokens" and (s.model != "gpt2" or not s.is_deepspeed):
@@ -190,7 +257,7 @@ def is_valid(s: Scenario) -> bool:
 # ------------------------------------------------------------------------------------------------- profiles
 AXES: dict[str, tuple] = {
     "backend": BACKENDS, "api": API_STYLES, "schedule": PROFILE_SCHEDULES, "optimizer": OPTIMIZERS,
-    "precision": PRECISIONS, "clip": CLIPS, "world_size": WORLD_SIZES, "model": MODELS,
+    "precision": PRECISIONS, "clip": CLIPS, "world_size": WORLD_SIZES, "model": MODELS, "lr_schedule": LR_SCHEDULES,
 }
 
 
@@ -236,14 +303,18 @@ def pairwise(backends: Iterable[str] = BACKENDS) -> list[Scenario]:
     return sorted(chosen, key=lambda s: s.id)
 
 
+QUICK_STYLES = ("auto", "kwarg", "set_boundary", "step_and_zero_grad", "kwarg_hold", "set_boundary_hold")
+
+
 def quick(backends: Iterable[str] = BACKENDS) -> list[Scenario]:
-    """Every backend available here × the four accelerate API styles × uniform and dynamic windows: MLP, fp32."""
+    """Every backend available here × the accelerate API styles (the hold styles catch a boundary that sticks) ×
+    uniform and dynamic windows: MLP, fp32."""
     keep = set(backends)
     return [
         Scenario(backend, api, schedule, world_size=1 if backend == "single" else 2)
         for backend in ("single", "ddp", "ds0", "ds1", "ds2", "ds3") if backend in keep
         for schedule in ("uni4", "dyn3142")
-        for api in ("auto", "kwarg", "set_boundary", "step_and_zero_grad")
+        for api in QUICK_STYLES
     ]
 
 
@@ -252,27 +323,52 @@ def batch_splits(base: Scenario) -> list[Scenario]:
     return [base.with_split(schedule, size) for schedule, size in SPLITS]
 
 
+# The API styles whose windows are the schedule's on every stack (legacy's follow the installed accelerate) and that
+# split groups cut: the accelerate styles and the raw engine.
+SPLIT_STYLES = ("auto", "kwarg", "set_boundary", "step_and_zero_grad", "ds_native", "ddp_native")
+# GPT-2 token normalisation with scale_wrt_gas=False: through accelerate, the manual keyword and the raw engine.
+TOKEN_STYLES = ("auto", "kwarg", "ds_native")
+
+
 def split_groups(backends: Iterable[str] = BACKENDS) -> list[Scenario]:
-    """P10 on every backend available here × every API style it has: MLP, fp32, SGD with clipping (so the norm
-    matters), each split. The token-level GPT-2 groups are built by the conformance test that reports drift."""
+    """P10 on every backend × every style whose windows are its schedule's: MLP, fp32, SGD with clipping (so the norm
+    matters), each split; on DeepSpeed also GPT-2 with the user's token normalisation (invariant) and with the
+    model's own per-micro-batch token mean (not invariant: its drift is measured, #34191)."""
     keep = [b for b in BACKENDS if b in set(backends) and b != "fsdp"]
     out = []
     for backend in keep:
-        for api in API_STYLES:
+        for api in SPLIT_STYLES:
             base = _build({"backend": backend, "api": api, "schedule": "uni4",
                            "world_size": 1 if backend == "single" else 2})
             if base is not None:
                 out += batch_splits(base)
+        if backend.startswith("ds"):
+            for api in TOKEN_STYLES:
+                out += batch_splits(Scenario(backend, api, "uni4", model="gpt2", loss_norm="tokens"))
+            out += batch_splits(Scenario(backend, "auto", "uni4", model="gpt2"))
     return out
 
 
 PROFILE_BUILDERS: dict[str, Callable[..., list[Scenario]]] = {"quick": quick, "ci": pairwise, "full": full_product}
 
 
+def clients(backends: Iterable[str] = BACKENDS) -> list[Scenario]:
+    """Every client program on every backend it runs on (accelerate's test_sync.py: one process and 2 ranks)."""
+    keep = set(backends)
+    return [Scenario(backend, api, CLIENT, world_size=1 if backend == "single" else 2)
+            for api in CLIENT_STYLES for backend in ("single", "ddp") if backend in keep]
+
+
 def profile(name: str, backends: Iterable[str] = BACKENDS) -> list[Scenario]:
+    """The scenarios of a profile: quick as it is; ci and full add the batch-split groups P10 compares and the client
+    programs, so that every property has its scenarios in the one list both faces run."""
     if name not in PROFILE_BUILDERS:
         raise ValueError(f"--profile {name!r}: expected one of {', '.join(PROFILES)}")
-    return PROFILE_BUILDERS[name](backends)
+    chosen = PROFILE_BUILDERS[name](backends)
+    if name != "quick":
+        seen = set(chosen)
+        chosen += [s for s in split_groups(backends) + clients(backends) if s not in seen and not seen.add(s)]
+    return chosen
 
 
 def select(scenarios: Iterable[Scenario], expression: str | None) -> list[Scenario]:

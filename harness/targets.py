@@ -39,3 +39,20 @@ def load_target(spec: str) -> Any:
         return getattr(module, attribute)
     except AttributeError as exc:
         raise TargetError(f"--target {spec!r}: module {module_name!r} has no attribute {attribute!r}") from exc
+
+
+def target_capabilities(spec: str) -> dict[str, Any]:
+    """What a target says of itself: the ``capabilities()`` function of the module that holds it, if it has one
+    (the reference does; upstream accelerate does not). Reached through the target string, like everything else."""
+    module_name, _, _ = target_path(spec).partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        return {"import_error": str(exc)}
+    function = getattr(module, "capabilities", None)
+    if not callable(function):
+        return {}
+    try:
+        return dict(function())
+    except Exception as exc:  # a target's self-report must not break a run
+        return {"capabilities_error": f"{type(exc).__name__}: {exc}"}

@@ -1,9 +1,11 @@
 """``Trace``: what one rank observed while training a scenario, as plain picklable data.
 
-Recorded by wrapping ``step`` on the engine or optimizer *instance* (the target's code is never edited):
-just before each real optimizer step the full, unpartitioned, pre-clip gradients; just after it the full
-parameters, the learning rate and the engine's counters; every micro-batch loss; what the user-facing
-calls returned. Tensors are float32 CPU copies, so traces pickle and compare byte for byte.
+Recorded by wrapping ``step`` on the engine or optimizer *instance* (the target's code is never edited): just
+before each real optimizer step the full, unpartitioned, pre-clip gradients and the learning rate the step uses;
+just after it the full parameters (DeepSpeed's fp32 master weights where the engine keeps them) and the engine's
+norm; every micro-batch's loss, ``sync_gradients`` and, where asked, the collectives it ran; what the user-facing
+calls returned. Tensors are float32 CPU copies, so traces pickle and compare byte for byte. Nothing is left
+out quietly: what could not be recorded stays ``None`` and the properties say so.
 """
 from __future__ import annotations
 
@@ -17,10 +19,10 @@ Tensors = dict[str, torch.Tensor]
 
 @dataclass
 class StepRecord:
-    micro_step: int  # 0-based micro-batch after whose backward the step happened
-    params: Tensors
-    grads: Tensors = field(default_factory=dict)  # pre-clip, averaged over ranks, unpartitioned
-    lr: float | None = None
+    micro_step: int  # 0-based micro-batch during which the step happened
+    params: Tensors  # after the step
+    grads: Tensors | None = None  # pre-clip, averaged over ranks, unpartitioned; None: could not be read
+    lr: float | None = None  # the learning rate this step used
     engine_grad_norm: float | None = None  # engine.get_global_grad_norm() right after the step (DeepSpeed)
 
 
@@ -29,7 +31,8 @@ class Trace:
     rank: int
     losses: list[float] = field(default_factory=list)
     steps: list[StepRecord] = field(default_factory=list)
-    returned_norms: list[float | None] = field(default_factory=list)  # per micro-batch, step_and_zero_grad only
+    # optimizer_step_and_zero_grad's return value by micro-batch, for the micro-batches that called it
+    returned: dict[int, float | None] = field(default_factory=dict)
     sync_gradients: list[bool] = field(default_factory=list)  # accelerator.sync_gradients after each backward
     # Sum of all local .grad elements (float64) after each backward; None where gradients are partitioned
     # (ZeRO). Ranks see different data, so equal digests across ranks mean the gradients were all-reduced.
@@ -38,17 +41,24 @@ class Trace:
     collectives: list[dict[str, int]] = field(default_factory=list)
     engine_global_steps: int | None = None
     engine_micro_steps: int | None = None
+    initial_params: Tensors = field(default_factory=dict)  # before any step (what the first step starts from)
     final_params: Tensors = field(default_factory=dict)
-    # Σ|grad| over the full gradients after the last step: 0.0 when they were zeroed, None when none exist.
-    leftover_grad_abs_sum: float | None = None
+    # The full gradients left after the program: ``.grad`` (no ZeRO partitioning), or, at ZeRO 1-3 where they live
+    # in partitions, read right after one more backward of micro-batch ``leftover_probe`` at a boundary, unstepped.
+    leftover_grads: Tensors | None = None
+    leftover_probe: int | None = None
+    params_are_master: bool = True  # params are the fp32 weights the optimizer updates (not bf16 copies)
+    facts: dict[str, Any] = field(default_factory=dict)  # what the installed stack does (programs.model.Facts)
     world: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    log: str = ""  # what the dependencies printed during the job (shown on failure, never on the console)
+    client_failure: str | None = None  # a client program (harness.clients): the assertion it stopped on
 
 
 class StepRecorder:
-    """Counts real steps by wrapping ``step`` on one instance; snapshots gradients before, parameters after."""
+    """Counts real steps by wrapping ``step`` on one instance; snapshots gradients and lr before, parameters after."""
 
-    def __init__(self, trace: Trace, params: Callable[[], Tensors], grads: Callable[[], Tensors],
+    def __init__(self, trace: Trace, params: Callable[[], Tensors], grads: Callable[[], Tensors | None],
                  lr: Callable[[], float | None]) -> None:
         self.trace = trace
         self.params = params
@@ -57,11 +67,11 @@ class StepRecorder:
         self.micro_step = -1
         self._pre_clip_grads: Tensors | None = None
 
-    def _record(self, grads: Tensors, engine_grad_norm: float | None = None) -> None:
-        self.trace.steps.append(StepRecord(self.micro_step, self.params(), grads, self.lr(), engine_grad_norm))
+    def _record(self, grads: Tensors | None, lr: float | None, engine_grad_norm: float | None = None) -> None:
+        self.trace.steps.append(StepRecord(self.micro_step, self.params(), grads, lr, engine_grad_norm))
 
     def wrap_clip(self, accelerator: Any) -> None:
-        """Non-DeepSpeed: the user clips before ``optimizer.step()``, so the pre-clip gradients are taken here."""
+        """Off DeepSpeed the user clips before ``optimizer.step()``, so the pre-clip gradients are taken here."""
         original = accelerator.clip_grad_norm_
 
         def clip_grad_norm_(*args: Any, **kwargs: Any) -> Any:
@@ -77,24 +87,27 @@ class StepRecorder:
         def step(*args: Any, **kwargs: Any) -> Any:
             grads = self._pre_clip_grads if self._pre_clip_grads is not None else self.grads()
             self._pre_clip_grads = None
+            lr = self.lr()
             result = original(*args, **kwargs)
-            self._record(grads)
+            self._record(grads, lr)
             return result
 
         optimizer.step = step
 
     def wrap_engine_step(self, engine: Any) -> None:
-        """``engine.step()`` may run off-boundary (legacy paths): a real step is one that advances
-        ``global_steps``. Gradients are gathered before it only when the engine is at a boundary."""
+        """``engine.step()`` may run off-boundary (the engine's own counter decides): a real step is one that
+        advances ``global_steps``. Gradients are gathered before it only when the engine is at a boundary."""
         original = engine.step
 
         def step(*args: Any, **kwargs: Any) -> Any:
             before = engine.global_steps
-            grads = self.grads() if engine.is_gradient_accumulation_boundary() else {}
+            at_boundary = engine.is_gradient_accumulation_boundary()
+            grads = self.grads() if at_boundary else None
+            lr = self.lr()
             result = original(*args, **kwargs)
             if engine.global_steps != before:
                 norm = engine.get_global_grad_norm()
-                self._record(grads, None if norm is None else float(norm))
+                self._record(grads, lr, None if norm is None else float(norm))
             return result
 
         engine.step = step

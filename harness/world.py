@@ -26,6 +26,8 @@ from .scenario import Scenario
 
 # Ranks pose as a plain process for world-size-1 jobs by hiding these (warm-world.md).
 _DISTRIBUTED_ENV = ("RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "WORLD_SIZE")
+# How much of what the dependencies printed during a failing job is kept beside its traceback.
+LOG_TAIL_LINES = 40
 
 
 @dataclass
@@ -97,6 +99,57 @@ def reset_between_scenarios(state: _RankState, scenario: Scenario) -> None:
         PartialState(cpu=True, timeout=state.timeout)
 
 
+class _CapturedOutput:
+    """Everything the rank prints while a job runs (DeepSpeed's and accelerate's log lines, warnings printed by C++)
+    goes to a file, not the console: a person reads one progress line per scenario, and the log of a failing
+    scenario beside its traceback. File descriptors 1 and 2 are redirected, so output from C++ is caught too."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._saved: list[int] = []
+
+    def __enter__(self) -> "_CapturedOutput":
+        import sys
+
+        sys.stdout.flush()
+        sys.stderr.flush()
+        target = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        self._saved = [os.dup(1), os.dup(2)]
+        os.dup2(target, 1)
+        os.dup2(target, 2)
+        os.close(target)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.restore()
+
+    def restore(self) -> None:
+        import sys
+
+        if not self._saved:
+            return
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(self._saved[0], 1)
+        os.dup2(self._saved[1], 2)
+        for fd in self._saved:
+            os.close(fd)
+        self._saved = []
+
+    def text(self) -> str:
+        try:
+            return self.path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+
+def _log_tail(text: str) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    if not lines:
+        return ""
+    return "\n--- what the rank printed (last lines) ---\n" + "\n".join(lines[-LOG_TAIL_LINES:])
+
+
 def _rank_main(rank: int, world_size: int, port: int, conn: Any, pg_timeout_s: float, stacks_path: str) -> None:
     os.environ.update({
         "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank), "LOCAL_RANK": str(rank),
@@ -106,6 +159,7 @@ def _rank_main(rank: int, world_size: int, port: int, conn: Any, pg_timeout_s: f
     # On a hang the coordinator sends SIGUSR1: every thread's stack lands in this file for the report.
     stacks = open(stacks_path, "w")  # noqa: SIM115 - kept open for the life of the rank
     faulthandler.register(signal.SIGUSR1, file=stacks, all_threads=True)
+    captured = _CapturedOutput(Path(stacks_path).with_suffix(".log"))
     try:
         import torch
 
@@ -125,8 +179,11 @@ def _rank_main(rank: int, world_size: int, port: int, conn: Any, pg_timeout_s: f
             if rank >= scenario.world_size:
                 conn.send_bytes(pickle.dumps(("idle", None)))
                 continue
-            reset_between_scenarios(state, scenario)
-            result = job.run(scenario, target, rank, **options)
+            with captured:
+                reset_between_scenarios(state, scenario)
+                result = job.run(scenario, target, rank, **options)
+            if not isinstance(result, str):
+                result.log = captured.text()
             os.environ.update(state.launch_env)
             conn.send_bytes(pickle.dumps(("unsupported", result) if isinstance(result, str) else ("ok", result)))
             if scenario.backend not in state.frozen_after:
@@ -142,8 +199,9 @@ def _rank_main(rank: int, world_size: int, port: int, conn: Any, pg_timeout_s: f
             dist.barrier()
             dist.destroy_process_group()
     except BaseException:  # report, then die at once so that peers fail fast instead of hanging
+        captured.restore()
         try:
-            conn.send_bytes(pickle.dumps(("error", traceback.format_exc())))
+            conn.send_bytes(pickle.dumps(("error", traceback.format_exc() + _log_tail(captured.text()))))
         finally:
             os._exit(1)
 

@@ -5,6 +5,7 @@ Imports nothing from the harness: the harness reaches it only through a ``--targ
 from __future__ import annotations
 
 from .accelerator import BoundaryAwareAccelerator
+from .compat import capabilities
 from .deepspeed_wrapper import BoundaryAwareDeepSpeedEngineWrapper
 from .errors import BoundaryError, BoundaryUnsupportedError, PipelineEngineError, UnmanagedAccumulationError
 from .patch import patch_accelerate
@@ -16,5 +17,6 @@ __all__ = [
     "BoundaryUnsupportedError",
     "PipelineEngineError",
     "UnmanagedAccumulationError",
+    "capabilities",
     "patch_accelerate",
 ]

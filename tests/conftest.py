@@ -5,12 +5,10 @@ habit: the fixture owns the processes); each scenario runs once per target and i
 """
 from __future__ import annotations
 
-from typing import Callable
-
 import pytest
 
 from harness.scenario import Scenario
-from harness.world import JobResult, World
+from harness.world import World
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -29,19 +27,6 @@ def world() -> World:
     yield world
     for warning in world.close():
         print(f"world: {warning}")
-
-
-@pytest.fixture(scope="session")
-def run_scenario(world: World) -> Callable[..., JobResult]:
-    cache: dict[tuple[Scenario, str], JobResult] = {}  # a run with collectives counted serves both kinds
-
-    def run(scenario: Scenario, target: str = "reference", count_collectives: bool = False) -> JobResult:
-        key = (scenario, target)
-        if key not in cache or (count_collectives and not cache[key].traces[0].collectives):
-            cache[key] = world.run(scenario, target, count_collectives=count_collectives)
-        return cache[key]
-
-    return run
 
 
 @pytest.fixture

@@ -8,7 +8,19 @@ from harness import oracle
 from harness.backends import ADAMW_WEIGHT_DECAY, LEARNING_RATES
 from harness.data import micro_batch
 from harness.models import build_model, forward_loss
+from harness.programs.model import Facts, expect
 from harness.scenario import Scenario
+from harness.trace import StepRecord, Trace
+
+FACTS = {"ds2": Facts("deepspeed", 2, 2), "single": Facts("single", 1), "ddp": Facts("ddp", 2)}
+
+
+def _expected(scenario: Scenario) -> oracle.OracleTrace:
+    return oracle.expected(scenario, _expectation(scenario))
+
+
+def _expectation(scenario: Scenario):
+    return expect(scenario.program, FACTS[scenario.backend], scenario.configured_g, scenario.clip)
 
 
 def _grad_of(scenario: Scenario, micro_batches: list[int], ranks: list[int]) -> dict[str, torch.Tensor]:
@@ -32,7 +44,7 @@ def test_first_sgd_step_scales_by_configured_g_not_window_length() -> None:
     norm = torch.sqrt(sum((g ** 2).sum() for g in grads.values()))
     coefficient = min(1.0, 1.0 / (float(norm) + 1e-6))
     initial = dict(build_model("mlp", 0).double().named_parameters())
-    step = oracle.expected(scenario).steps[0]
+    step = _expected(scenario).steps[0]
     assert step.micro_step == 2
     assert abs(step.pre_clip_norm - float(norm)) < 1e-12
     for name, g in grads.items():
@@ -47,7 +59,7 @@ def test_first_adamw_step_is_a_signed_lr_step_with_decoupled_decay() -> None:
     grads = _grad_of(scenario, [0, 1, 2, 3], [0])
     lr = LEARNING_RATES["adamw"]
     initial = dict(build_model("mlp", 0).double().named_parameters())
-    step = oracle.expected(scenario).steps[0]
+    step = _expected(scenario).steps[0]
     for name, g in grads.items():
         theta = initial[name].detach()
         want = theta * (1 - lr * ADAMW_WEIGHT_DECAY) - lr * g / (g.abs() + 1e-8)
@@ -56,6 +68,34 @@ def test_first_adamw_step_is_a_signed_lr_step_with_decoupled_decay() -> None:
 
 def test_losses_are_per_rank_and_micro_batch() -> None:
     scenario = Scenario("ddp", "auto", "uni4")
-    expected = oracle.expected(scenario)
+    expected = _expected(scenario)
     assert [len(ls) for ls in expected.losses] == [12, 12] and expected.losses[0] != expected.losses[1]
     assert len(expected.steps) == 3
+
+
+def _trace_of(free: oracle.OracleTrace, initial: dict, skip: int | None = None) -> Trace:
+    """A run that followed the free-running oracle exactly, in float32, except that step ``skip`` did nothing."""
+    trace = Trace(rank=0, initial_params={k: v.float() for k, v in initial.items()})
+    params = trace.initial_params
+    for k, step in enumerate(free.steps):
+        if k != skip:
+            params = {name: p.float() for name, p in step.params.items()}
+        trace.steps.append(StepRecord(step.micro_step, params, {n: g.float() for n, g in step.grads.items()}, step.lr))
+    return trace
+
+
+def test_teacher_forcing_judges_each_step_from_where_the_run_stood() -> None:
+    """A run that is the oracle's trajectory is judged right at every step; a run that skipped its third step is
+    wrong exactly there, by a whole step, even under AdamW."""
+    scenario = Scenario("single", "kwarg", "dyn3142", optimizer="adamw", world_size=1)
+    expectation = _expectation(scenario)
+    free = oracle.expected(scenario, expectation)
+    initial = {n: p.detach() for n, p in build_model("mlp", 0).double().named_parameters()}
+    right = oracle.teacher_forced(scenario, expectation, _trace_of(free, initial))
+    for got, want in zip(right.steps, free.steps):
+        for name in want.params:
+            torch.testing.assert_close(got.params[name], want.params[name], rtol=1e-6, atol=1e-7)
+    skipped = _trace_of(free, initial, skip=2)
+    judged = oracle.teacher_forced(scenario, expectation, skipped)
+    gap = max(float((skipped.steps[2].params[n].double() - judged.steps[2].params[n]).abs().max()) for n in initial)
+    assert gap > 0.5 * LEARNING_RATES["adamw"], "a missed step must show as about one lr-sized update"

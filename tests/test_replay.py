@@ -45,8 +45,13 @@ def test_roles_follow_the_installed_versions(bugs, bug: str, versions: dict, rol
 
 
 def _outcome(outcome: str, prop: str | None = None, error: str | None = None) -> Outcome:
-    return Outcome(scenario="ds0-auto-tail442-sgd-fp32-clip1-w2", outcome=outcome,
-                   deviations=[{"prop": prop, "where": "", "tensor": "", "message": ""}] if prop else [],
+    from harness.results import Verdict
+
+    properties = {}
+    if prop:
+        properties[prop.split()[0]] = Verdict(prop.split()[0], prop, "fail", [{"prop": prop, "where": "", "tensor": "",
+                                                                               "message": ""}], 1, raw="fail")
+    return Outcome(scenario="ds0-auto-tail442-sgd-fp32-clip1-w2", outcome=outcome, properties=properties,
                    errors={"0": f"Traceback\nRuntimeError: {error}"} if error else {})
 
 

@@ -16,7 +16,7 @@ from harness import cli
 from harness.reports.gate import compare
 from harness.reports.merge import merge
 from harness.reports.render import render_html, write_reports
-from harness.results import Outcome, RunResults, write_all
+from harness.results import Outcome, RunResults, Verdict, write_all
 
 
 def _run(target: str, deepspeed: str, outcomes: list[Outcome]) -> RunResults:
@@ -24,21 +24,31 @@ def _run(target: str, deepspeed: str, outcomes: list[Outcome]) -> RunResults:
     return RunResults(target=target, outcomes=outcomes, environment={"capabilities": caps}, wall_seconds=1.0)
 
 
-def _o(scenario: str, outcome: str = "pass", metric: float = 1e-8, **kw) -> Outcome:
+def _o(scenario: str, outcome: str = "pass", metric: float = 1e-8, where: str = "rank 0 · step 1",
+       p4: str = "pass", reason: str | None = None, known: str | None = None) -> Outcome:
+    """A scenario with two verdicts: P2 as ``outcome`` (with a deviation where it fails), P4 as ``p4``."""
     backend, api = scenario.split("-")[:2]
     api = {"setboundary": "set_boundary", "stepandzerograd": "step_and_zero_grad"}.get(api, api)
     curves = {"loss": [3.0, 2.0, 1.5], "oracle_loss": [3.0, 2.0, 1.5], "grad_norm": [2.0], "oracle_grad_norm": [2.0]}
-    return Outcome(scenario, outcome, 0.1, axes={"backend": backend, "api": api, "precision": "fp32",
-                                                  "schedule": "uni4"}, metrics={"param_max_abs": metric},
-                   curves=curves, **kw)
+    failing = outcome in ("fail", "xfail")
+    deviations = [{"prop": "P2 backend≡oracle", "where": where, "tensor": "grad[w]",
+                   "message": f"{scenario} · P2 backend≡oracle · {where} · grad[w]\n  max |Δ| = 1"}] if failing else []
+    raw = {"xfail": "fail", "xpass": "pass"}.get(outcome, outcome)
+    properties = {"P2": Verdict("P2", "P2 backend≡oracle", outcome, deviations, len(deviations), reason, known, raw),
+                  "P4": Verdict("P4", "P4 boundaries", p4, raw=p4)}
+    from harness.results import worst
+
+    return Outcome(scenario, worst([outcome, p4]), 0.1, axes={"backend": backend, "api": api, "precision": "fp32",
+                                                             "schedule": "uni4"}, metrics={"param_max_abs": metric},
+                   curves=curves, properties=properties, reason=reason)
 
 
 @pytest.fixture
 def two_envs(tmp_path: Path) -> Path:
     write_all(_run("reference", "0.19.8", [_o("ds3-kwarg-uni4"), _o("ds3-auto-uni4"), _o("ddp-kwarg-uni4")]),
               tmp_path / "ds-zero3")
-    write_all(_run("reference", "0.15.4", [_o("ds3-kwarg-uni4", "fail", deviations=[{"message": "ds3 · P2 · x"}]),
-                                           _o("ds3-auto-uni4")]), tmp_path / "ds015-zero3")
+    write_all(_run("reference", "0.15.4", [_o("ds3-kwarg-uni4", "fail"), _o("ds3-auto-uni4")]),
+              tmp_path / "ds015-zero3")
     return tmp_path
 
 
@@ -107,9 +117,11 @@ def merge_outcomes(outcomes) -> RunResults:
 
 @pytest.mark.parametrize(("after", "kind"), [
     (_o("ds3-kwarg-uni4", "fail"), "new failure"),
-    (_o("ds3-kwarg-uni4", "error"), "new error"),
+    (_o("ds3-kwarg-uni4", "error", reason="RuntimeError"), "new error"),
     (_o("ds3-kwarg-uni4", "unsupported", reason="no kwarg"), "newly unsupported"),
-    (_o("ds3-kwarg-uni4", "xpass", reason="bug #1"), "unexpected pass"),
+    (_o("ds3-kwarg-uni4", "xpass", known="line 3 (bug #1)"), "unexpected pass"),
+    (_o("ds3-kwarg-uni4", "xfail", known="line 9 (added today)"), "newly xfailed"),
+    (_o("ds3-kwarg-uni4", "pass", p4="fail"), "new failure"),
     (_o("ds3-kwarg-uni4", "pass", metric=5e-6), "metric grew"),
 ])
 def test_gate_catches_each_regression_kind(after: Outcome, kind: str) -> None:
@@ -121,13 +133,43 @@ def test_gate_passes_an_unchanged_run_and_small_metric_moves() -> None:
     assert not [c for c in _gate([_o("ds3-kwarg-uni4")], [_o("ds3-kwarg-uni4", metric=3e-8)]) if c.regression]
 
 
+def test_gate_sees_a_vanished_scenario_and_a_known_failure_that_moved() -> None:
+    gone = _gate([_o("ds3-kwarg-uni4"), _o("ds3-auto-uni4")], [_o("ds3-kwarg-uni4")])
+    assert sorted((c.kind, c.prop) for c in gone if c.regression) == [("missing", "P2"), ("missing", "P4")]
+    moved = _gate([_o("ds3-kwarg-uni4", "xfail", where="rank 0 · step 1")],
+                  [_o("ds3-kwarg-uni4", "xfail", where="rank 0 · step 3")])
+    assert [c.kind for c in moved if c.regression] == ["changed deviation"]
+    same = _gate([_o("ds3-kwarg-uni4", "xfail")], [_o("ds3-kwarg-uni4", "xfail")])
+    assert not [c for c in same if c.regression]
+
+
+def test_adding_an_xfail_line_cannot_silence_the_gate(tmp_path: Path, capsys) -> None:
+    """Baseline green; the same evidence judged again with a new xfails line for one scenario: the gate exits 1 and
+    --explain names it in one line."""
+    from harness.reports.merge import rejudge
+    from harness.xfails import parse
+
+    green = _run("reference", "0.19.8", [_o("ds3-kwarg-uni4"), _o("ds3-auto-uni4")])
+    write_all(green, tmp_path / "base")
+    red = _run("reference", "0.19.8", [_o("ds3-kwarg-uni4", "fail"), _o("ds3-auto-uni4")])
+    for outcome in red.outcomes:
+        rejudge(outcome, parse("ds3-kwarg-uni4  P2  [*]  silenced by hand\n"), {"deepspeed": "0.19.8"})
+    assert red.outcomes[0].properties["P2"].outcome == "xfail"
+    write_all(red, tmp_path / "now")
+    assert cli.main(["gate", "--baseline", str(tmp_path / "base" / "results.json"), "--current",
+                     str(tmp_path / "now"), "--explain"]) == 1
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[0].startswith("newly xfailed: ds3-kwarg-uni4 · P2 (pass → xfail)") and "1 regression(s)" in out[-1]
+
+
 def test_gate_cli_exit_codes_and_baseline_update(two_envs: Path, tmp_path: Path, capsys) -> None:
     current = two_envs / "ds-zero3"
     baseline = tmp_path / "baseline.json"
     baseline.write_text((current / "results.json").read_text())
     assert cli.main(["gate", "--baseline", str(baseline), "--current", str(current)]) == 0
     assert cli.main(["gate", "--baseline", str(baseline), "--current", str(two_envs / "ds015-zero3")]) == 1
-    assert "new failure" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "new scenario fail" in out and "missing" in out  # another stack: its verdicts are new, the baseline's gone
     assert cli.main(["gate", "--baseline", str(baseline), "--current", str(two_envs / "ds015-zero3"),
                      "--update-baseline"]) == 0
     assert cli.main(["gate", "--baseline", str(baseline), "--current", str(two_envs / "ds015-zero3")]) == 0
@@ -146,22 +188,24 @@ def test_bad_files_are_a_one_line_usage_error(tmp_path: Path, content: str, caps
 def test_report_can_judge_recorded_outcomes_again_with_a_newer_xfails_file() -> None:
     """Triage after the fact: the run's evidence stays, the current xfails file (at the run's versions) decides."""
     from harness.reports.merge import rejudge
-    from harness.results import Outcome
     from harness.xfails import parse
 
-    entries = parse("ds1-*  [deepspeed==0.18.9]  split view bug\nds3*-*  [deepspeed<0.19.8; nonstrict]  race\n")
+    entries = parse("ds1-*  P2  [deepspeed==0.18.9]  split view bug\n"
+                    "ds3*-*  P2  [deepspeed<0.19.8; nonstrict]  race\n")
     old = {"deepspeed": "0.18.9"}
-    failed = Outcome("ds1-auto-uni4-sgd-fp32-clip1-w2", "fail", deviations=[{"prop": "P2"}])
+    failed = _o("ds1-auto-uni4-sgd-fp32-clip1-w2", "fail")
     rejudge(failed, entries, old)
-    assert (failed.outcome, failed.reason) == ("xfail", "split view bug")
+    assert failed.outcome == "xfail" and "split view bug" in failed.properties["P2"].known
     rejudge(failed, entries, {"deepspeed": "0.19.8"})
-    assert failed.outcome == "fail" and failed.reason is None
-    passed = Outcome("ds1-auto-uni4-sgd-fp32-clip1-w2", "pass")
+    assert failed.outcome == "fail" and failed.properties["P2"].known is None
+    passed = _o("ds1-auto-uni4-sgd-fp32-clip1-w2")
     rejudge(passed, entries, old)
     assert passed.outcome == "xpass"
-    lucky = Outcome("ds3-auto-uni4-sgd-fp32-clip1-w2", "pass")
+    lucky = _o("ds3-auto-uni4-sgd-fp32-clip1-w2")
     rejudge(lucky, entries, old)
-    assert lucky.outcome == "pass" and "intermittent" in lucky.reason
-    errored = Outcome("ds3-auto-uni4-sgd-fp32-clip1-w2", "xfail", errors={"0": "boom"})
+    assert lucky.outcome == "pass" and "race" in lucky.properties["P2"].known
+    errored = _o("ds3-auto-uni4-sgd-fp32-clip1-w2", "error", reason="boom")
+    rejudge(errored, entries, old)
+    assert errored.outcome == "xfail"
     rejudge(errored, entries, {"deepspeed": "0.19.8"})
     assert errored.outcome == "error"

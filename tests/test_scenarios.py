@@ -52,14 +52,15 @@ def test_quick_profile_spans_every_cpu_backend_and_api() -> None:
     quick = S.quick()
     assert len(quick) >= 40
     assert {s.backend for s in quick} == {"single", "ddp", "ds0", "ds1", "ds2", "ds3"}
-    assert {s.api for s in quick} == {"auto", "kwarg", "set_boundary", "step_and_zero_grad"}
+    assert {s.api for s in quick} == set(S.QUICK_STYLES)
 
 
 def test_selection_uses_pytest_expressions() -> None:
     quick = S.quick()
     chosen = S.select(quick, "ds3 and not kwarg")
     assert chosen and all(s.backend == "ds3" and s.api != "kwarg" for s in chosen)
-    assert S.select(quick, "DDP and setboundary") == [s for s in quick if s.backend == "ddp" and s.api == "set_boundary"]
+    assert S.select(quick, "DDP and setboundary and not hold") == [s for s in quick if s.backend == "ddp"
+                                                                   and s.api == "set_boundary"]
     with pytest.raises(SyntaxError):  # what pytest's expression parser raises
         S.select(quick, "ds3 and (")
 

@@ -72,23 +72,19 @@ class Merged:
                           wall_seconds=sum(r.wall_seconds for _, r in self.runs))
 
 
-def raw_outcome(outcome: Outcome) -> str:
-    """What the run itself measured, before any xfails file judged it."""
-    if outcome.outcome == "xfail":
-        return "error" if outcome.errors else "fail"
-    if outcome.outcome == "xpass":
-        return "pass"
-    return outcome.outcome
-
-
 def rejudge(outcome: Outcome, entries: list, versions: dict) -> None:
-    """Judge a recorded outcome again against an xfails file (the versions are the run's own): the evidence
-    is unchanged, only which failures are known. Lets a triaged xfails file be applied to runs already made."""
+    """Judge a recorded outcome again, property by property, against an xfails file (the versions are the run's
+    own): the evidence is unchanged, only which failures are known. Lets a triaged xfails file be applied to runs
+    already made."""
+    from ..results import worst
     from ..xfails import judge, match
 
-    raw = raw_outcome(outcome)
-    if raw in ("pass", "fail", "error"):
-        outcome.outcome, outcome.reason = judge(raw, match(entries, outcome.scenario, versions))
+    for verdict in outcome.properties.values():
+        raw = verdict.raw or verdict.outcome
+        known = match(entries, outcome.scenario, verdict.code, versions)
+        verdict.outcome, _ = judge(raw, known)
+        verdict.known = known.text() if known else None
+    outcome.outcome = worst([v.outcome for v in outcome.properties.values()])
 
 
 def merge(paths: Iterable[str | Path], xfails: dict[str, list] | None = None) -> Merged:

@@ -55,6 +55,11 @@ img{max-width:100%;border:1px solid #eaeef2;margin:6px 0}
 <summary><span class="{{ o.outcome }}">{{ symbols_map[o.outcome] }} {{ o.outcome }}</span>
 {{ o.scenario }} · {{ o.env }} · {{ "%.2f"|format(o.seconds) }} s</summary>
 {% if o.reason %}<p>reason: {{ o.reason }}</p>{% endif %}
+<table class="verdicts"><tr><th>property</th><th>verdict</th><th>first deviation / reason</th></tr>
+{% for v in o.properties.values() %}<tr><td class="label">{{ v.name }}</td>
+<td class="{{ v.outcome }}">{{ symbols_map[v.outcome] }} {{ v.outcome }}</td>
+<td class="label">{{ v.first_line()[:400] }}</td></tr>{% endfor %}</table>
+{% if o.program %}<pre>{{ o.program }}</pre>{% endif %}
 {% if o.metrics %}<p>worst |Δ| vs oracle:
 {% for k, v in o.metrics.items() %}{{ k }} {{ "%.2e"|format(v) }}{% if not loop.last %}, {% endif %}{% endfor %}</p>{% endif %}
 {% for d in o.deviations %}<pre>{{ d.message }}</pre>{% endfor %}
@@ -96,12 +101,11 @@ def render_markdown(merged: Merged) -> str:
                 cell = grid[backend].get(api)
                 cells.append(f"{SYMBOL[cell.worst]} {_CellView(cell).text}" if cell else "·")
             lines.append(f"| {backend} | " + " | ".join(cells) + " |")
-    bad = [o for o in merged.outcomes if o.bad]
+    bad = [(o, v) for o in merged.outcomes for v in o.properties.values() if v.bad]
     if bad:
         lines += ["", "## Needs attention", ""]
-        for o in bad:
-            first = o.deviations[0]["message"].splitlines()[0] if o.deviations else (o.reason or "error")
-            lines.append(f"- `{o.scenario}` ({o.env}): **{o.outcome}** — {first}")
+        for o, v in bad:
+            lines.append(f"- `{o.scenario}` · {v.code} ({o.env}): **{v.outcome}** — {v.first_line()[:300]}")
     return "\n".join(lines) + "\n"
 
 

@@ -1,0 +1,106 @@
+"""``Program``: what a user's training loop does on each micro-batch, as plain frozen data.
+
+Every rank runs the same program. A micro-batch is: an optional ``set_deepspeed_gradient_accumulation_boundary``
+call before the forward pass, a context around forward + backward + what follows (``accumulate(model)``, the
+user's own ``no_sync(model)``, or none), ``backward`` plain or with ``is_final_micro_batch``, then nothing, a
+step (``optimizer.step(); optimizer.zero_grad()``), clip + step, or ``optimizer_step_and_zero_grad``. The
+``engine`` driver is the seed's "before" code on the raw DeepSpeed engine. A program prints as the Python it
+stands for and has a stable id. Imports nothing heavy: listing programs costs nothing.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+NO_CALL = "no call"  # set_boundary: the micro-batch makes no set_deepspeed_gradient_accumulation_boundary call
+CONTEXTS = ("none", "accumulate", "no_sync")
+AFTERS = ("none", "step", "clip_step", "step_and_zero_grad")
+DRIVERS = ("accelerator", "engine")
+
+
+@dataclass(frozen=True)
+class MicroBatch:
+    """One micro-batch of a user's loop. ``backward``: None is a plain ``backward(loss)``; True/False is
+    ``backward(loss, is_final_micro_batch=...)`` (with the ``engine`` driver: the boundary set on the engine)."""
+
+    set_boundary: object = NO_CALL  # NO_CALL, True, False or None
+    context: str = "none"
+    backward: bool | None = None
+    after: str = "none"
+    driver: str = "accelerator"
+
+    def __post_init__(self) -> None:
+        if self.set_boundary not in (NO_CALL, True, False, None):
+            raise ValueError(f"set_boundary {self.set_boundary!r}: expected {NO_CALL!r}, True, False or None")
+        if self.context not in CONTEXTS:
+            raise ValueError(f"context {self.context!r}: expected one of {', '.join(CONTEXTS)}")
+        if self.after not in AFTERS:
+            raise ValueError(f"after {self.after!r}: expected one of {', '.join(AFTERS)}")
+        if self.driver not in DRIVERS:
+            raise ValueError(f"driver {self.driver!r}: expected one of {', '.join(DRIVERS)}")
+        if self.driver == "engine" and (self.backward is None or self.set_boundary != NO_CALL
+                                        or self.context != "none"):
+            raise ValueError("the engine driver sets its own boundary on every micro-batch, outside any context")
+
+    @property
+    def uses_new_api(self) -> bool:
+        """A call that only the boundary-aware API has."""
+        return (self.driver == "accelerator" and (self.set_boundary != NO_CALL or self.backward is not None
+                                                   or self.after == "step_and_zero_grad"))
+
+    def code(self, clip: float | None, scheduler: bool) -> list[str]:
+        """The lines of Python this micro-batch stands for (inside ``for batch in ...:``)."""
+        if self.driver == "engine":
+            return [f"engine.set_gradient_accumulation_boundary({self.backward})",
+                    "engine.backward(loss_fn(engine, batch))", "engine.step()"]
+        lines = []
+        if self.set_boundary != NO_CALL:
+            lines.append(f"accelerator.set_deepspeed_gradient_accumulation_boundary({self.set_boundary})")
+        body = []
+        keyword = "" if self.backward is None else f", is_final_micro_batch={self.backward}"
+        body.append(f"accelerator.backward(loss_fn(model, batch){keyword})")
+        sched = ["scheduler.step()"] if scheduler else []
+        if self.after == "step":
+            body += ["optimizer.step()", *sched, "optimizer.zero_grad()"]
+        elif self.after == "clip_step":
+            if clip is not None:
+                body.append(f"if accelerator.sync_gradients: accelerator.clip_grad_norm_(model.parameters(), {clip:g})")
+            body += ["optimizer.step()", *sched, "optimizer.zero_grad()"]
+        elif self.after == "step_and_zero_grad":
+            clip_text = "None" if clip is None else f"{clip:g}"
+            body.append(f"norm = accelerator.optimizer_step_and_zero_grad(optimizer, model, max_grad_norm={clip_text})")
+            body += sched
+        if self.context == "none":
+            return lines + body
+        return lines + [f"with accelerator.{self.context}(model):"] + ["    " + line for line in body]
+
+
+@dataclass(frozen=True)
+class Program:
+    """Micro-batches in order; ``dataloader``: they come from a prepared DataLoader whose end (the last micro-batch)
+    makes ``accumulate()`` force its boundary, as accelerate does (the #3552 situation)."""
+
+    micro_batches: tuple[MicroBatch, ...]
+    dataloader: bool = False
+
+    def __len__(self) -> int:
+        return len(self.micro_batches)
+
+    @property
+    def uses_new_api(self) -> bool:
+        return any(mb.uses_new_api for mb in self.micro_batches)
+
+    @property
+    def digest(self) -> str:
+        """Stable across processes and Python versions (no ``hash()``): the id of a generated program."""
+        text = repr((self.dataloader, [tuple(vars(mb).values()) for mb in self.micro_batches]))
+        return hashlib.sha1(text.encode()).hexdigest()[:10]
+
+    def code(self, clip: float | None = None, scheduler: bool = False) -> str:
+        """The loop as Python: one block per micro-batch, in order (what a counterexample prints)."""
+        source = "batches = accelerator.prepare(dataloader)" if self.dataloader else "batches = micro_batches"
+        lines = [source, "for index, batch in enumerate(batches):"]
+        for index, mb in enumerate(self.micro_batches):
+            lines.append(f"    {'if' if index == 0 else 'elif'} index == {index}:")
+            lines += ["        " + line for line in mb.code(clip, scheduler)]
+        return "\n".join(lines)

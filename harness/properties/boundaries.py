@@ -1,0 +1,66 @@
+"""P4 forced boundaries: steps, what sync_gradients reports, the engine's step count and the lr schedule follow
+the model of DESIGN §3; P5 dynamic schedules (and generated programs) match the oracle."""
+from __future__ import annotations
+
+from ..compare import Deviation, compare_scalar
+from ..scenario import Scenario
+from .base import Evidence, Property, register, subject
+from .checks import lengths, not_recorded, step_label
+from .equivalence import oracle_judge
+
+LR_RTOL = 1e-6
+
+
+def _p4_judge(scenario: Scenario, evidence: Evidence) -> list[Deviation]:
+    traces = evidence.traces()
+    expectation = evidence.expectation()
+    local = evidence.local()
+    want_at = expectation.step_points
+    want_sync = [mb.sync_gradients for mb in expectation.micro_batches]
+    name = P4.name
+    found: list[Deviation] = []
+    for trace in traces:
+        rank = f"rank {trace.rank}"
+        got_at = [step.micro_step for step in trace.steps]
+        if got_at != want_at:
+            found.append(Deviation(scenario.id, name, rank, "optimizer steps",
+                                   f"stepped during micro-batches {got_at}, want {want_at} "
+                                   f"({len(got_at)} vs {len(want_at)} steps)"))
+        found += lengths(scenario, name, rank, "accelerator.sync_gradients reports", len(trace.sync_gradients),
+                         len(want_sync))
+        for index, (got, want) in enumerate(zip(trace.sync_gradients, want_sync)):
+            if got != want:
+                found.append(Deviation(scenario.id, name, f"{rank} · micro-batch {index}", "accelerator.sync_gradients",
+                                       f"got {got}, want {want}"))
+                break
+        if expectation.engine_global_steps is not None:
+            if trace.engine_global_steps is None:
+                found.append(not_recorded(scenario, name, rank, "engine.global_steps"))
+            elif trace.engine_global_steps != expectation.engine_global_steps:
+                found.append(Deviation(scenario.id, name, rank, "engine.global_steps",
+                                       f"got {trace.engine_global_steps}, want {expectation.engine_global_steps} "
+                                       "(one per step)"))
+        for k, (step, want) in enumerate(zip(trace.steps, local.steps)):
+            where = f"{rank} · {step_label(k, len(want_at))}"
+            if step.lr is None:
+                found.append(not_recorded(scenario, name, where, "learning rate"))
+            else:
+                found += compare_scalar(step.lr, want.lr, scenario=scenario.id, prop=name, where=where,
+                                        label="lr used by the step", rtol=LR_RTOL, atol=0.0)
+    return found
+
+
+P4 = register(Property(
+    "P4", "boundaries",
+    "forced boundaries: True steps now, False holds the step; step counts and lr schedule follow",
+    lambda s, t: True, subject, _p4_judge))
+
+
+def _p5_applies(scenario: Scenario, target: str) -> bool:
+    return scenario.api == "program" or not scenario.is_uniform
+
+
+P5 = register(Property(
+    "P5", "dynamic schedule≡oracle",
+    "dynamic schedules (windows of any length, forced early/late boundaries, generated programs) match the oracle",
+    _p5_applies, subject, lambda s, e: oracle_judge(P5)(s, e)))

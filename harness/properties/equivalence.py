@@ -1,0 +1,65 @@
+"""P1 manual ≡ automatic, P2 backend ≡ oracle (DESIGN §4)."""
+from __future__ import annotations
+
+from ..compare import Deviation
+from ..scenario import Scenario
+from .base import SUBJECT, Evidence, Need, Property, register, subject
+from .checks import GRADIENT_TOLERANCE, oracle_deviations, same_run
+
+BASELINE = "baseline"
+
+
+def _p1_applies(scenario: Scenario, target: str) -> bool:
+    """Any style but accumulate() itself, on windows accumulate() finds on its own (uniform, or a DataLoader that
+    ends mid-window), where the style means the same windows (legacy follows the installed accelerate instead) and
+    the same lr schedule (the raw engine loop never steps accelerate's scheduler)."""
+    return (scenario.api not in ("auto", "legacy", "program") and scenario.accumulate_finds_boundaries
+            and scenario.loss_norm == "mean" and not (scenario.api == "ds_native" and scenario.lr_schedule != "const"))
+
+
+def _p1_needs(scenario: Scenario) -> list[Need]:
+    return subject(scenario) + [Need(BASELINE, scenario.with_api("auto"))]
+
+
+def _p1_judge(scenario: Scenario, evidence: Evidence) -> list[Deviation]:
+    """Bit-identical to accumulate()'s run, unless the two reduce across ranks on different micro-batches (DDP with
+    the keyword alone: the keyword arrives at backward, after DDP decided at forward to all-reduce; a sum of means,
+    not a mean of sums): then the same mathematics in another rounding order, held to the fp32 tolerance."""
+    traces, base = evidence.traces(SUBJECT), evidence.traces(BASELINE)
+    mine, theirs = evidence.expectation(SUBJECT), evidence.expectation(BASELINE)
+    same_reductions = [m.reduces for m in mine.micro_batches] == [m.reduces for m in theirs.micro_batches]
+    rtol, atol, _ = GRADIENT_TOLERANCE[scenario.precision] if not same_reductions else (0.0, 0.0, False)
+    return same_run(scenario, P1.name, traces, base, f"accumulate() ({evidence.needs[BASELINE].scenario.id})",
+                    rtol=rtol, atol=atol, same_code=False)
+
+
+P1 = register(Property(
+    "P1", "manual≡automatic",
+    "manual ≡ automatic on the same backend and uniform schedule: bit-identical losses, grads, params",
+    _p1_applies, _p1_needs, _p1_judge))
+
+
+def free_running_applies(scenario: Scenario) -> bool:
+    """Where the perfect float64 trajectory is a fair measure too: SGD in fp32 (AdamW divides each element by its
+    own history, bf16 rounds every step: there only the teacher-forced comparison is fair)."""
+    return scenario.optimizer == "sgd" and scenario.precision == "fp32"
+
+
+def oracle_judge(prop: Property):
+    def judge(scenario: Scenario, evidence: Evidence) -> list[Deviation]:
+        traces = evidence.traces()
+        expectation = evidence.expectation()
+        free = evidence.oracle() if free_running_applies(scenario) else None
+        return oracle_deviations(scenario, prop.name, traces, evidence.local(), expectation, free)
+    return judge
+
+
+def _p2_applies(scenario: Scenario, target: str) -> bool:
+    return scenario.api != "program" and scenario.is_uniform
+
+
+P2 = register(Property(
+    "P2", "backend≡oracle",
+    "backend ≡ oracle: losses, pre-clip gradients and every step as the float64 oracle says (fp32 rtol 1e-5 / atol "
+    "1e-6; bf16 as stated), every rank holding the same bytes",
+    _p2_applies, subject, lambda s, e: oracle_judge(P2)(s, e)))

@@ -1,0 +1,69 @@
+"""P6 grad norm: what optimizer_step_and_zero_grad returns and what the engine reports are the oracle's pre-clip
+norm; None / -1.0 exactly as DESIGN §3 says; clipping applied once (the step itself is P2/P5's)."""
+from __future__ import annotations
+
+from ..compare import Deviation, compare_scalar
+from ..scenario import Scenario
+from .base import Evidence, Property, register, subject
+from .checks import gradient_tolerance, not_recorded, step_label
+
+RETURNED = "optimizer_step_and_zero_grad()"
+
+
+def _applies(scenario: Scenario, target: str) -> bool:
+    return scenario.is_deepspeed or any(mb.after == "step_and_zero_grad" for mb in scenario.program.micro_batches)
+
+
+def _judge(scenario: Scenario, evidence: Evidence) -> list[Deviation]:
+    traces = evidence.traces()
+    expectation = evidence.expectation()
+    local = evidence.local()
+    rtol, atol, _ = gradient_tolerance(scenario)
+    name = P6.name
+    norm_at = {step.micro_step: step.pre_clip_norm for step in local.steps}
+    zero_stage = scenario.zero_stage
+    found: list[Deviation] = []
+    for trace in traces:
+        rank = f"rank {trace.rank}"
+        called = {i for i, mb in enumerate(expectation.micro_batches) if mb.returned is not None}
+        for index in sorted(set(trace.returned) - called):
+            found.append(Deviation(scenario.id, name, f"{rank} · micro-batch {index}", RETURNED,
+                                   "returned a value where the program never called it"))
+        for index in sorted(called):
+            where = f"{rank} · micro-batch {index}"
+            if index not in trace.returned:
+                found.append(not_recorded(scenario, name, where, f"what {RETURNED} returned"))
+                continue
+            got, kind = trace.returned[index], expectation.micro_batches[index].returned
+            if kind == "none":
+                found += compare_scalar(got, None, scenario=scenario.id, prop=name, where=f"{where} (not a boundary)",
+                                        label=RETURNED, rtol=rtol, atol=atol)
+            elif kind == "-1":
+                found += compare_scalar(got, -1.0, scenario=scenario.id, prop=name, where=where, label=RETURNED,
+                                        rtol=0.0, atol=0.0)
+            elif index not in norm_at:
+                found.append(not_recorded(scenario, name, where, "the step whose norm was returned"))
+            else:
+                if got is not None and not isinstance(got, float):
+                    found.append(Deviation(scenario.id, name, where, RETURNED, f"returned {type(got).__name__}, "
+                                           "want a Python float"))
+                found += compare_scalar(got, norm_at[index], scenario=scenario.id, prop=name, where=where,
+                                        label=f"{RETURNED} (pre-clip norm)", rtol=rtol, atol=atol)
+        if zero_stage is None:
+            continue
+        for k, (step, want) in enumerate(zip(trace.steps, local.steps)):
+            where = f"{rank} · {step_label(k, len(local.steps))}"
+            # ZeRO 1-3 compute a global norm at every step; ZeRO-0 with a plain torch optimizer reports none (measured).
+            if step.engine_grad_norm is None and zero_stage >= 1:
+                found.append(not_recorded(scenario, name, where, "engine.get_global_grad_norm() (None at ZeRO "
+                                          f"{zero_stage}, which computes one)"))
+            elif step.engine_grad_norm is not None:
+                found += compare_scalar(step.engine_grad_norm, want.pre_clip_norm, scenario=scenario.id, prop=name,
+                                        where=where, label="engine.get_global_grad_norm()", rtol=rtol, atol=atol)
+    return found
+
+
+P6 = register(Property(
+    "P6", "grad norm",
+    "grad norm: the returned value equals the oracle's pre-clip norm; None/-1.0 exactly as §3; clipping applied once",
+    _applies, subject, _judge))

@@ -1,0 +1,77 @@
+"""P8 hygiene: nothing of one window leaks into the next (the gradients a program leaves behind are exactly what
+the model says: none after a step), the engine's counters are what the program implies; P8-leak: nothing of one
+scenario (a boundary override left set) leaks into the next one run in the same processes."""
+from __future__ import annotations
+
+from ..compare import Deviation, compare_scalar, compare_tensors
+from ..scenario import Scenario
+from .base import SUBJECT, Evidence, Need, Property, register, subject
+from .checks import gradient_tolerance, not_recorded, oracle_deviations, same_run
+
+
+def _p8_judge(scenario: Scenario, evidence: Evidence) -> list[Deviation]:
+    """The gradients left after the program are read in full (at ZeRO 1-3 through one more, unstepped boundary
+    micro-batch on the raw engine, the only moment DeepSpeed lets them be read) and compared with the float64
+    leftover at the run's final weights: zero after a step, the window's own gradients where it ended mid-window."""
+    traces = evidence.traces()
+    expectation = evidence.expectation()
+    local = evidence.local()
+    rtol, atol, scaled = gradient_tolerance(scenario)
+    name = P8.name
+    found: list[Deviation] = []
+    for trace in traces:
+        rank = f"rank {trace.rank}"
+        where = f"{rank} · after the program" + (
+            f" (+ micro-batch {trace.leftover_probe} at a boundary, unstepped)" if trace.leftover_probe is not None else "")
+        if trace.leftover_grads is None:
+            found.append(not_recorded(scenario, name, where, "the gradients left behind"))
+        elif not local.leftover:
+            found.append(not_recorded(scenario, name, where, "the steps the leftover follows (fewer steps than expected)"))
+        else:
+            found += compare_tensors(trace.leftover_grads, local.leftover[trace.rank], scenario=scenario.id, prop=name,
+                                     where=where, label="leftover grad", rtol=rtol, atol=atol, tensor_scaled=scaled)
+        if expectation.engine_micro_steps is not None:
+            found += compare_scalar(trace.engine_micro_steps, expectation.engine_micro_steps, scenario=scenario.id,
+                                    prop=name, where=rank, label="engine.micro_steps (engine.step() calls)",
+                                    rtol=0.0, atol=0.0)
+    return found
+
+
+P8 = register(Property(
+    "P8", "hygiene",
+    "hygiene: no gradient left to leak into the next window (read in full, ZeRO 1-3 included), the engine's counters "
+    "as the program implies",
+    lambda s, t: True, subject, _p8_judge))
+
+AFTER_OVERRIDE = "after_override"
+
+
+def override_left_set(scenario: Scenario) -> Scenario:
+    """A run that ends with set_deepspeed_gradient_accumulation_boundary(True) still set, as user code does."""
+    return Scenario(scenario.backend, "set_boundary", "forced4264", world_size=scenario.world_size)
+
+
+def _leak_applies(scenario: Scenario, target: str) -> bool:
+    return (scenario.api == "auto" and scenario.schedule == "uni4" and scenario.model == "mlp"
+            and scenario.optimizer == "sgd" and scenario.precision == "fp32" and scenario.lr_schedule == "const"
+            and scenario.micro_batch_size == 2 and scenario.clip == 1.0)
+
+
+def _leak_needs(scenario: Scenario) -> list[Need]:
+    return subject(scenario) + [Need(AFTER_OVERRIDE, scenario, after=override_left_set(scenario))]
+
+
+def _leak_judge(scenario: Scenario, evidence: Evidence) -> list[Deviation]:
+    after = evidence.traces(AFTER_OVERRIDE)
+    first = evidence.needs[AFTER_OVERRIDE].after
+    name = P8_LEAK.name
+    found = same_run(scenario, name, after, evidence.traces(SUBJECT), f"its own run (this one followed {first.id})")
+    return found + oracle_deviations(scenario, name, after, evidence.local(AFTER_OVERRIDE),
+                                     evidence.expectation(AFTER_OVERRIDE), None)
+
+
+P8_LEAK = register(Property(
+    "P8-leak", "no override leaking",
+    "no boundary override leaking into the next scenario or process group: a scenario run after one that left "
+    "set_deepspeed_gradient_accumulation_boundary(True) set gives its own bytes and the oracle's numbers",
+    _leak_applies, _leak_needs, _leak_judge))
