@@ -79,7 +79,10 @@ def full_gradients(accelerator: Any, model: Any, scenario: Scenario) -> Tensors 
     if scenario.is_deepspeed and scenario.zero_stage:
         from deepspeed.utils import safe_get_full_grad
 
-        grads = {name: safe_get_full_grad(p) for name, p in named}
+        try:
+            grads = {name: safe_get_full_grad(p) for name, p in named}
+        except ValueError:  # ZeRO 1/2 between a step and the next backward: "only available immediately after backward"
+            return None
     if all(g is None for g in grads.values()):
         return None
     return {name: (torch.zeros_like(p, dtype=torch.float32, device="cpu") if g is None

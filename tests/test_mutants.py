@@ -63,6 +63,14 @@ WORLD_CATCHES = [
     ("raises_on_schedule_boundary", _s("ds0", "auto", "tail442"), "P9"),
     ("raises_on_schedule_boundary", _s("ds1", "legacy", "uni4"), "P9"),
     ("split_g1", _s("ds1", "kwarg", "uni2", micro_batch_size=4), "P10"),
+    # A missed, doubled or late step at the third boundary (not the first) under bf16 and under fp32 AdamW, where
+    # round-off is largest: the oracle comparison (P2 on uniform windows) must see each.
+    ("missed_third_step", _s("ds1", "kwarg", "uni4", optimizer="adamw", precision="bf16"), "P2"),
+    ("missed_third_step", _s("ds2", "kwarg", "uni4", optimizer="adamw", model="gpt2"), "P2"),
+    ("doubled_third_step", _s("ds1", "kwarg", "uni4", optimizer="adamw", precision="bf16"), "P2"),
+    ("doubled_third_step", _s("ds2", "kwarg", "uni4", optimizer="adamw", model="gpt2"), "P2"),
+    ("late_third_step", _s("ds1", "kwarg", "uni4", optimizer="adamw", precision="bf16"), "P2"),
+    ("late_third_step", _s("ds2", "kwarg", "uni4", optimizer="adamw", model="gpt2"), "P2"),
     ("drops_backward_kwargs", _s("ds1", "kwarg", "uni2", micro_batch_size=4, model="gpt2", loss_norm="tokens"), "P10"),
 ]
 
@@ -82,6 +90,9 @@ def test_each_property_catches_its_mutant(pool, mutant: str, scenario: Scenario,
     assert verdict.outcome == "fail", f"{mutant} went unnoticed by {code} on {scenario.id}: {verdict.outcome} " \
                                       f"{verdict.reason or ''}"
     assert scenario.id in verdict.deviations[0]["message"] and code in verdict.deviations[0]["message"]
+    if "third_step" in mutant:  # seen where it happens, not only at the first step
+        assert any("step 3 of" in d["where"] or "step 4 of" in d["where"] or "optimizer steps" in d["tensor"]
+                   for d in verdict.deviations), verdict.deviations
 
 
 def test_every_property_has_a_mutant() -> None:

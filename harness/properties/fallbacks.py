@@ -48,6 +48,12 @@ def _error_named(scenario: Scenario, role: str, evidence: Evidence, wanted: str)
 
 
 def _trains_right(scenario: Scenario, role: str, evidence: Evidence) -> list[Deviation]:
+    result = evidence.result(role)
+    if result.status == "error":
+        last = _last_line(next(iter(result.errors.values()), ""))
+        return [Deviation(scenario.id, P9.name, f"probe {role}", "outcome",
+                          f"raised {last!r}: want training as the model says (no boundary the user gave "
+                          "contradicts the engine)")]
     traces = evidence.traces(role)
     expectation = evidence.expectation(role)
     want_at = expectation.step_points

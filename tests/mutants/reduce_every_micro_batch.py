@@ -5,10 +5,10 @@ from reference_impl import BoundaryAwareAccelerator, BoundaryAwareDeepSpeedEngin
 
 
 class _Wrapper(BoundaryAwareDeepSpeedEngineWrapper):
-    def backward(self, loss, sync_gradients=None, **kwargs):
-        boundary = self._resolve(sync_gradients)
+    def backward(self, loss, sync_gradients=None, is_final_micro_batch=None, **kwargs):
+        boundary = is_final_micro_batch if is_final_micro_batch is not None else sync_gradients
         if boundary:
-            return super().backward(loss, sync_gradients=True, **kwargs)
+            return super().backward(loss, sync_gradients, is_final_micro_batch, **kwargs)
         self._gradient_accumulation_boundary = False
         self.engine.set_gradient_accumulation_boundary(True)
         self.engine.backward(loss, **kwargs)
