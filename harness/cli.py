@@ -19,44 +19,13 @@ class UsageError(Exception):
     """One line for the user, exit 2."""
 
 
-def available_backends() -> tuple[str, ...]:
-    """FSDP needs a GPU under accelerate (cpu-deepspeed.md): off the list on CPU, said once by ``run``."""
-    import torch
-
-    from .scenario import BACKENDS
-
-    return BACKENDS if torch.cuda.is_available() else tuple(b for b in BACKENDS if b != "fsdp")
-
-
-def chosen_backends(text: str | None) -> tuple[str, ...]:
-    """The backends a comma-separated option names (all available ones when empty), each checked."""
-    backends = available_backends()
-    if not text:
-        return backends
-    wanted = tuple(b.strip() for b in text.split(",") if b.strip())
-    unknown = [b for b in wanted if b not in backends]
-    if unknown:
-        raise UsageError(f"{', '.join(unknown)} not available here (expected some of {', '.join(backends)})")
-    return wanted
-
-
 def _scenarios(args: argparse.Namespace) -> list:
-    from . import scenario as scen
+    from .selection import SelectionError, from_arguments
 
     try:
-        backends = chosen_backends(getattr(args, "backends", None))
-    except UsageError as exc:
-        raise UsageError(f"--backends: {exc}") from exc
-    try:
-        chosen = scen.profile(args.profile, backends)
-        chosen = scen.select(chosen, args.k)
-    except ValueError as exc:
+        return from_arguments(args)
+    except SelectionError as exc:
         raise UsageError(str(exc)) from exc
-    except Exception as exc:  # pytest's ParseError for a bad -k expression
-        raise UsageError(f"-k {args.k!r}: {exc}") from exc
-    if getattr(args, "world_size", None):
-        chosen = [s for s in chosen if s.world_size == args.world_size]
-    return chosen
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -123,6 +92,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from .world import WorldStartError
 
     console = Console(stderr=True)
+    from .selection import available_backends
+
     if "fsdp" not in available_backends():
         console.print("[dim]fsdp: not run here: accelerate enables FSDP only with a GPU[/dim]")
     if not scenarios:
@@ -258,22 +229,14 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     return EXIT_FAILURES if bad else EXIT_OK
 
 
-def _add_selection(parser: argparse.ArgumentParser) -> None:
-    from .scenario import PROFILES
-
-    parser.add_argument("--profile", default="quick", choices=PROFILES, help="scenario set (default: quick)")
-    parser.add_argument("-k", metavar="EXPR", default=None, help="select by id, pytest -k syntax: 'ds3 and not kwarg'")
-    parser.add_argument("--world-size", type=int, choices=(1, 2), default=None, help="only scenarios of this world size")
-    parser.add_argument("--backends", default=None, metavar="B1,B2",
-                        help="generate the profile for these backends alone (pairwise within them), e.g. ds3,ds3off")
-
-
 def build_parser() -> argparse.ArgumentParser:
+    from .selection import add_arguments
+
     parser = argparse.ArgumentParser(prog="accumgate", description="Conformance harness for boundary-aware "
                                      "gradient accumulation in accelerate + DeepSpeed.")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run scenarios on a target and write reports")
-    _add_selection(run)
+    add_arguments(run)
     run.add_argument("--target", default="reference",
                      help="reference (default), native (installed accelerate), or module:attribute")
     run.add_argument("--xfails", default=None, metavar="FILE", help="known failures: '<id glob> <reason>' per line")
@@ -281,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--timeout", type=float, default=120.0, metavar="S", help="per-scenario timeout (default 120 s)")
     run.set_defaults(func=_cmd_run)
     listing = commands.add_parser("list", help="print scenario ids")
-    _add_selection(listing)
+    add_arguments(listing)
     listing.set_defaults(func=_cmd_list)
     report = commands.add_parser("report", help="merge results.json files into matrix.md, matrix.html, merged.json")
     report.add_argument("paths", nargs="+", metavar="DIR_OR_FILE", help="results.json files or directories holding them")

@@ -62,11 +62,11 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def _backends(config: pytest.Config) -> Iterable[str]:
-    from .cli import UsageError, chosen_backends
+    from .selection import SelectionError, chosen_backends
 
     try:
         return chosen_backends(config.getoption("accumgate_backends"))
-    except UsageError as exc:
+    except SelectionError as exc:
         raise pytest.UsageError(f"--accumgate-backends: {exc}") from exc
 
 

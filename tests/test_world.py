@@ -100,3 +100,27 @@ def test_unexpected_pass_fails_the_run_and_expected_failure_does_not() -> None:
                     pool=WorldPool()).run(scenarios[:1])
     verdicts = {code: v.outcome for code, v in mutant.outcomes[0].properties.items()}
     assert verdicts["P2"] == "xfail" and verdicts["P4"] == "fail" and mutant.outcomes[0].outcome == "fail"
+
+
+def test_the_external_launcher_worker_turns_a_rank_failure_into_an_error_outcome(tmp_path) -> None:
+    """Under torchrun, rank 1 raising at its third micro-batch costs that scenario (error, both ranks' stories),
+    the peer is released at once, the scenarios left are reported not run, and the worker exits 1 (not 3)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    ids = ["ds0-kwarg-uni4-sgd-fp32-clip1-w2", "ddp-kwarg-uni4-sgd-fp32-clip1-w2"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.getcwd())
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                           "29561", "-m", "harness.worker", "--target", "tests.faulty:Raises", "--profile", "quick",
+                           "--report-dir", str(tmp_path), "--timeout", "300", "--ids", *ids],
+                          env=env, capture_output=True, text=True, timeout=240)
+    elapsed = time.monotonic() - started
+    results = json.loads((tmp_path / "results.json").read_text())
+    first, second = results["scenarios"]
+    assert first["outcome"] == "error" and "injected fault on rank 1" in first["errors"]["1"], first["errors"]
+    assert "Connection closed by peer" in first["errors"]["0"], "rank 0 was released by its peer, not a timeout"
+    assert second["outcome"] == "error" and "not run" in second["errors"]["0"]
+    assert done.returncode != 0 and elapsed < 120, (done.returncode, elapsed, done.stderr[-2000:])

@@ -1,0 +1,58 @@
+"""Which scenarios a run means: a profile generated for the chosen backends, narrowed by ``-k`` and world size. One
+place, so that the CLI, the pytest plugin and the external-launcher worker select exactly the same scenarios."""
+from __future__ import annotations
+
+import argparse
+
+from .scenario import BACKENDS, PROFILES, Scenario, profile, select
+
+
+class SelectionError(ValueError):
+    """An option that selects nothing valid; the message is one line for the user."""
+
+
+def available_backends() -> tuple[str, ...]:
+    """FSDP needs a GPU under accelerate (cpu-deepspeed.md): off the list on CPU, said once by ``run``."""
+    import torch
+
+    return BACKENDS if torch.cuda.is_available() else tuple(b for b in BACKENDS if b != "fsdp")
+
+
+def chosen_backends(text: str | None) -> tuple[str, ...]:
+    """The backends a comma-separated option names (all available ones when empty), each checked."""
+    backends = available_backends()
+    if not text:
+        return backends
+    wanted = tuple(b.strip() for b in text.split(",") if b.strip())
+    unknown = [b for b in wanted if b not in backends]
+    if unknown:
+        raise SelectionError(f"{', '.join(unknown)} not available here (expected some of {', '.join(backends)})")
+    return wanted
+
+
+def scenarios(profile_name: str, backends: str | None = None, k: str | None = None,
+              world_size: int | None = None) -> list[Scenario]:
+    try:
+        chosen = chosen_backends(backends)
+    except SelectionError as exc:
+        raise SelectionError(f"--backends: {exc}") from exc
+    try:
+        found = select(profile(profile_name, chosen), k)
+    except ValueError as exc:
+        raise SelectionError(str(exc)) from exc
+    except Exception as exc:  # pytest's ParseError for a bad -k expression
+        raise SelectionError(f"-k {k!r}: {exc}") from exc
+    return [s for s in found if world_size is None or s.world_size == world_size]
+
+
+def add_arguments(parser: argparse.ArgumentParser, default_profile: str = "quick") -> None:
+    parser.add_argument("--profile", default=default_profile, choices=PROFILES,
+                        help=f"scenario set (default: {default_profile})")
+    parser.add_argument("-k", metavar="EXPR", default=None, help="select by id, pytest -k syntax: 'ds3 and not kwarg'")
+    parser.add_argument("--world-size", type=int, choices=(1, 2), default=None, help="only scenarios of this world size")
+    parser.add_argument("--backends", default=None, metavar="B1,B2",
+                        help="generate the profile for these backends alone (pairwise within them), e.g. ds3,ds3off")
+
+
+def from_arguments(args: argparse.Namespace) -> list[Scenario]:
+    return scenarios(args.profile, getattr(args, "backends", None), args.k, getattr(args, "world_size", None))
