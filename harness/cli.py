@@ -7,6 +7,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Sequence
 
@@ -190,6 +191,69 @@ def _cmd_gate(args: argparse.Namespace) -> int:
     return EXIT_FAILURES if regressions and not args.update_baseline else EXIT_OK
 
 
+def _cmd_explore(args: argparse.Namespace) -> int:
+    if os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .explore import default_corpus, explore, save_to_corpus
+    from .programs.strategies import EXPLORED_BACKENDS
+    from .results import ResultsError, RunResults, check_writable, environment, write_all
+    from .targets import TargetError, load_target, target_path
+    from .xfails import XfailsError, load
+
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()] if args.backends else list(EXPLORED_BACKENDS)
+    unknown = [b for b in backends if b not in EXPLORED_BACKENDS]
+    if unknown:
+        raise UsageError(f"--backends: {', '.join(unknown)}: programs are explored on {', '.join(EXPLORED_BACKENDS)}")
+    if args.examples < 1:
+        raise UsageError(f"--examples {args.examples}: expected a positive number")
+    try:
+        target_path(args.target)
+        load_target(args.target)
+        xfails = load(args.xfails) if args.xfails else []
+        check_writable(Path(args.report_dir))
+    except (TargetError, XfailsError, ResultsError) as exc:
+        raise UsageError(str(exc)) from exc
+    corpus = None if args.no_corpus else Path(args.corpus) if args.corpus else default_corpus()
+    database = None
+    if args.database:
+        from hypothesis.database import DirectoryBasedExampleDatabase
+
+        database = DirectoryBasedExampleDatabase(args.database)
+    console = Console(stderr=True, soft_wrap=True)
+    started = time.perf_counter()
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TextColumn("{task.fields[last]}"), console=console) as progress:
+        task = progress.add_task(f"explore [{args.target}]", total=args.examples * len(backends), last="")
+
+        def on_example(outcome) -> None:
+            progress.update(task, advance=1, last=f"{outcome.outcome} {outcome.scenario}")
+
+        explored = explore(args.target, backends, args.examples, args.seed, xfails, corpus,
+                           Path(args.report_dir) / "repro", database, on_example, args.timeout)
+    outcomes = [o for e in explored for o in e.outcomes]
+    found = [c for e in explored for c in e.counterexamples]
+    write_all(RunResults(target=args.target, outcomes=outcomes, environment=environment(args.target),
+                         selection={"explore": backends, "examples": args.examples, "seed": args.seed},
+                         wall_seconds=time.perf_counter() - started), Path(args.report_dir))
+    for exploration in explored:
+        rate = exploration.examples / exploration.seconds if exploration.seconds else 0.0
+        console.print(f"{exploration.backend:7} {exploration.examples:5} programs in {exploration.seconds:6.1f} s "
+                      f"({rate:.1f}/s): {len(exploration.counterexamples)} counterexample(s)")
+    for counterexample in found:
+        console.print(f"\n[bold red]COUNTEREXAMPLE[/] {counterexample.scenario.id}")
+        console.print(counterexample.outcome.program or "")
+        console.print(f"first disagreement: {counterexample.first_disagreement}")
+        if counterexample.repro:
+            console.print(f"repro: {counterexample.repro}")
+    if found and corpus is not None and args.save_corpus:
+        save_to_corpus(corpus, found, args.target)
+        console.print(f"saved {len(found)} counterexample(s) to {corpus}")
+    return EXIT_FAILURES if found else EXIT_OK
+
+
 def _print_replay_table(bugs: list, rows: list) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -272,6 +336,21 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--table", nargs="+", default=None, metavar="DIR",
                         help="run nothing: merge the replay.json files under these directories into the table")
     replay.set_defaults(func=_cmd_replay)
+    explore = commands.add_parser("explore", help="generated accumulation programs against the model of DESIGN §3")
+    explore.add_argument("--target", default="reference", help="reference (default), native, or module:attribute")
+    explore.add_argument("--backends", default=None, metavar="B1,B2", help="default: single,ddp,ds0,ds1,ds2,ds3")
+    explore.add_argument("--examples", type=int, default=150, metavar="N", help="programs per backend (default 150)")
+    explore.add_argument("--seed", type=int, default=None, metavar="S", help="Hypothesis seed (default: derandomized)")
+    explore.add_argument("--xfails", default=None, metavar="FILE", help="known failures, as for run")
+    explore.add_argument("--report-dir", default="reports/explore", metavar="DIR",
+                         help="results.json, junit.xml, summary.md and repro/<id>.py go here")
+    explore.add_argument("--corpus", default=None, metavar="JSON",
+                         help="counterexamples replayed first (default conformance/programs_corpus.json)")
+    explore.add_argument("--no-corpus", action="store_true", help="replay nothing: start from an empty corpus")
+    explore.add_argument("--save-corpus", action="store_true", help="append the counterexamples found to the corpus")
+    explore.add_argument("--database", default=None, metavar="DIR", help="Hypothesis example database (default: none)")
+    explore.add_argument("--timeout", type=float, default=120.0, metavar="S", help="per-program timeout (default 120 s)")
+    explore.set_defaults(func=_cmd_explore)
     env = commands.add_parser("env", help="versions and boundary capabilities of the installed stack and the target")
     env.add_argument("--json", action="store_true", help="machine-readable output")
     env.add_argument("--target", default="reference", help="whose self-reported capabilities to add (default reference)")

@@ -36,7 +36,7 @@ class Run:
         self.accelerator, self.model, self.optimizer, self.scheduler = accelerator, model, optimizer, scheduler
         self.scenario, self.rank, self.trace = scenario, rank, trace
         # Keyword arguments of every backward: they must reach the engine (transformers #35808 relies on it).
-        self.backward_kwargs: dict[str, Any] = {"scale_wrt_gas": False} if scenario.loss_norm == "tokens" else {}
+        self.backward_kwargs: dict[str, Any] = {"scale_wrt_gas": False} if scenario.loss_norm != "mean" else {}
         self._window_of = [range(end - w, end) for end, w in zip(accumulate(scenario.windows), scenario.windows)
                            for _ in range(w)]
 
@@ -57,6 +57,8 @@ class Run:
         else:
             loss = forward_loss(self.model, batch)
         self.trace.losses.append(float(loss.detach().float()))
+        if s.loss_norm == "user":  # the user's own 1/G, with DeepSpeed's turned off by scale_wrt_gas=False
+            return loss / s.configured_g
         return loss
 
     # -- the new API, called so that its absence shows as absence ----------------------------------------------

@@ -40,6 +40,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="write results.json, junit.xml and summary.md here at session end")
     group.addoption("--accumgate-timeout", type=float, default=float(env("ACCUMGATE_TIMEOUT", "120")),
                     help="per-scenario timeout in seconds")
+    group.addoption("--accumgate-programs", type=int, default=int(env("ACCUMGATE_PROGRAMS", "25")),
+                    help="generated programs per backend (derandomized; default 25, CI's programs env 150)")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -81,6 +83,13 @@ def _profile(config: pytest.Config) -> list[Scenario]:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "program_backend" in metafunc.fixturenames:
+        from .programs.strategies import EXPLORED_BACKENDS
+
+        chosen = [b for b in EXPLORED_BACKENDS if b in set(_backends(metafunc.config))]
+        metafunc.parametrize("program_backend", [pytest.param(b, marks=[pytest.mark.world, getattr(pytest.mark, b)])
+                                                 for b in chosen])
+        return
     marker = metafunc.definition.get_closest_marker("accumgate")
     if marker is None or "scenario" not in metafunc.fixturenames:
         return
@@ -128,6 +137,24 @@ def accumgate_runner(request: pytest.FixtureRequest):
                              selection={"profile": config.getoption("accumgate_profile"),
                                         "backends": config.getoption("accumgate_backends"), "runner": "pytest"}),
                   directory)
+
+
+@pytest.fixture(scope="session")
+def accumgate_programs(request: pytest.FixtureRequest) -> int:
+    return request.config.getoption("accumgate_programs")
+
+
+def explore_and_check(runner, backend: str, examples: int) -> None:
+    """Generated programs on one backend through the runner (the corpus first); a counterexample fails the test with
+    the minimal program as code and the first micro-batch where model and target part ways."""
+    from .explore import default_corpus, explore_backend, load_corpus
+
+    exploration = explore_backend(runner, backend, examples, None, load_corpus(default_corpus()))
+    if exploration.counterexamples:
+        text = "\n\n".join(f"{c.scenario.id}\n{c.outcome.program}\nfirst disagreement: {c.first_disagreement}"
+                            for c in exploration.counterexamples)
+        pytest.fail(f"{len(exploration.counterexamples)} counterexample(s) in {exploration.examples} programs "
+                    f"(repro scripts: accumgate explore --backends {backend}):\n{text}", pytrace=False)
 
 
 def check(runner, scenario: Scenario, code: str) -> None:

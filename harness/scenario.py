@@ -32,7 +32,9 @@ MODELS = ("mlp", "gpt2")
 # How the user turns a micro-batch into the loss it backpropagates: ``mean`` = the model's own mean loss (the
 # engine / accelerate divide it by G); ``tokens`` = the token-level sum divided by the rank's token count of the
 # whole window, passed with ``backward(loss, scale_wrt_gas=False)`` (DeepSpeed; transformers #34191, #35808).
-LOSS_NORMS = ("mean", "tokens")
+# ``user`` = the model's mean loss divided by G by the user, passed with ``scale_wrt_gas=False`` (the same mathematics
+# as ``mean``; what a mutant that drops backward keywords breaks).
+LOSS_NORMS = ("mean", "tokens", "user")
 # The learning rate: constant, or a linear warm-up over 4 scheduler steps (LambdaLR), prepared by accelerate, so that
 # "step counts and lr schedule follow" (P4) is measured: accelerate's scheduler wrapper steps num_processes times per
 # optimizer step, DeepSpeed's engine once per boundary.
@@ -186,6 +188,24 @@ class Scenario:
     def __str__(self) -> str:
         return self.id
 
+    def to_json(self) -> dict:
+        """Plain data (a corpus entry, a report): every axis, and a generated program's micro-batches."""
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "generated"}
+        if self.generated is not None:
+            data["generated"] = self.generated.to_json()
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Scenario":
+        axes = dict(data)
+        if axes.get("generated") is not None:
+            axes["generated"] = Program.from_json(axes["generated"])
+        return cls(**axes)
+
+    def untouched_twin(self) -> "Scenario":
+        """A generated program's twin without the new API (``Program.untouched_twin``)."""
+        return dataclasses.replace(self, generated=self.generated.untouched_twin())
+
     def with_api(self, api: str) -> "Scenario":
         return dataclasses.replace(self, api=api)
 
@@ -234,6 +254,8 @@ def invalid_reason(s: Scenario) -> str | None:
         return "backend 'single' is one process (world size 1)"
     if s.backend in ("ddp", "fsdp") and s.world_size != 2:
         return f"backend {s.backend!r} needs world size 2"
+    if s.loss_norm == "user" and not s.is_deepspeed:
+        return "loss_norm 'user' passes DeepSpeed's scale_wrt_gas=False"
     if s.api == PROGRAM:
         return None
     if s.api in ("ds_native", "legacy") and not s.backend.startswith("ds"):

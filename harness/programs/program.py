@@ -97,10 +97,30 @@ class Program:
         return hashlib.sha1(text.encode()).hexdigest()[:10]
 
     def code(self, clip: float | None = None, scheduler: bool = False) -> str:
-        """The loop as Python: one block per micro-batch, in order (what a counterexample prints)."""
-        source = "batches = accelerator.prepare(dataloader)" if self.dataloader else "batches = micro_batches"
+        """The loop as Python: one block per micro-batch, in order (what a counterexample prints). ``batches`` yields
+        micro-batch ``index``'s data; with ``dataloader`` it is read through a prepared DataLoader."""
+        source = ("# batches: the micro-batches, read through accelerator.prepare(DataLoader(...)): its end is the last"
+                  if self.dataloader else "# batches: the micro-batches, in order")
         lines = [source, "for index, batch in enumerate(batches):"]
         for index, mb in enumerate(self.micro_batches):
             lines.append(f"    {'if' if index == 0 else 'elif'} index == {index}:")
             lines += ["        " + line for line in mb.code(clip, scheduler)]
         return "\n".join(lines)
+
+    def untouched_twin(self) -> "Program":
+        """The same loop without the new API: no keyword, no override, ``optimizer_step_and_zero_grad`` replaced by
+        the accelerate idiom it stands for (clip at a boundary, step, zero). Where the model gives both the same steps
+        and reductions, the explicit calls only restated the schedule, and must change nothing, bit for bit (P1)."""
+        plain = [mb if mb.driver != "accelerator" else MicroBatch(
+            context=mb.context, after="clip_step" if mb.after == "step_and_zero_grad" else mb.after)
+            for mb in self.micro_batches]
+        return Program(tuple(plain), dataloader=self.dataloader)
+
+    def to_json(self) -> dict:
+        return {"dataloader": self.dataloader,
+                "micro_batches": [{"set_boundary": mb.set_boundary, "context": mb.context, "backward": mb.backward,
+                                   "after": mb.after, "driver": mb.driver} for mb in self.micro_batches]}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Program":
+        return cls(tuple(MicroBatch(**mb) for mb in data["micro_batches"]), dataloader=bool(data["dataloader"]))

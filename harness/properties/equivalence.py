@@ -1,6 +1,8 @@
 """P1 manual ≡ automatic, P2 backend ≡ oracle (DESIGN §4)."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 from ..compare import Deviation
 from ..scenario import Scenario
 from .base import SUBJECT, Evidence, Need, Property, register, subject
@@ -9,7 +11,28 @@ from .checks import GRADIENT_TOLERANCE, oracle_deviations, same_run
 BASELINE = "baseline"
 
 
+def _program_twin_matches(scenario: Scenario) -> bool:
+    """A generated program whose explicit calls only restate the schedule: its untouched twin has the same steps,
+    clipping, lr-scheduler steps and reductions under the model, on the installed stack."""
+    from ..programs.model import InvalidProgram, expect
+    from ..programs.strategies import BACKEND_FACTS
+    from ..stack import accelerate_forwards_boundary
+
+    if not scenario.program.uses_new_api or scenario.backend not in BACKEND_FACTS:
+        return False
+    facts = replace(BACKEND_FACTS[scenario.backend], accelerate_forwards_boundary=accelerate_forwards_boundary())
+    twin = scenario.untouched_twin()
+    try:
+        mine, theirs = (expect(s.program, facts, s.configured_g, s.clip) for s in (scenario, twin))
+    except InvalidProgram:
+        return False
+    plan = lambda e: [(m.steps, m.clip, m.scheduler_steps, m.reduces) for m in e.micro_batches]  # noqa: E731
+    return plan(mine) == plan(theirs) and mine.error is None and theirs.error is None
+
+
 def _p1_applies(scenario: Scenario, target: str) -> bool:
+    if scenario.api == "program":
+        return _program_twin_matches(scenario)
     """Any style but accumulate() itself, on windows accumulate() finds on its own (uniform, or a DataLoader that
     ends mid-window), where the style means the same windows (legacy follows the installed accelerate instead) and
     the same lr schedule (the raw engine loop never steps accelerate's scheduler)."""
@@ -18,7 +41,8 @@ def _p1_applies(scenario: Scenario, target: str) -> bool:
 
 
 def _p1_needs(scenario: Scenario) -> list[Need]:
-    return subject(scenario) + [Need(BASELINE, scenario.with_api("auto"))]
+    baseline = scenario.untouched_twin() if scenario.api == "program" else scenario.with_api("auto")
+    return subject(scenario) + [Need(BASELINE, baseline)]
 
 
 def _p1_judge(scenario: Scenario, evidence: Evidence) -> list[Deviation]:
@@ -29,13 +53,15 @@ def _p1_judge(scenario: Scenario, evidence: Evidence) -> list[Deviation]:
     mine, theirs = evidence.expectation(SUBJECT), evidence.expectation(BASELINE)
     same_reductions = [m.reduces for m in mine.micro_batches] == [m.reduces for m in theirs.micro_batches]
     rtol, atol, _ = GRADIENT_TOLERANCE[scenario.precision] if not same_reductions else (0.0, 0.0, False)
-    return same_run(scenario, P1.name, traces, base, f"accumulate() ({evidence.needs[BASELINE].scenario.id})",
+    label = "its untouched twin" if scenario.api == "program" else "accumulate()"
+    return same_run(scenario, P1.name, traces, base, f"{label} ({evidence.needs[BASELINE].scenario.id})",
                     rtol=rtol, atol=atol, same_code=False)
 
 
 P1 = register(Property(
     "P1", "manual≡automatic",
-    "manual ≡ automatic on the same backend and uniform schedule: bit-identical losses, grads, params",
+    "manual ≡ automatic on the same backend and uniform schedule (and a generated program ≡ its untouched twin where "
+    "its explicit calls only restate the schedule): bit-identical losses, grads, params",
     _p1_applies, _p1_needs, _p1_judge))
 
 

@@ -18,7 +18,9 @@ PROBED_STYLES = ("kwarg", "legacy", "auto", "set_boundary")
 
 
 def _applies(scenario: Scenario, target: str) -> bool:
-    return (scenario.is_deepspeed and scenario.api in PROBED_STYLES and scenario.precision == "fp32"
+    """DeepSpeed MLP runs in fp32 of the probed styles, and every generated DeepSpeed program (mixed calls are where a
+    fallback goes wrong: a schedule's boundary taken for the user's)."""
+    return (scenario.is_deepspeed and scenario.api in PROBED_STYLES + ("program",) and scenario.precision == "fp32"
             and scenario.model == "mlp" and scenario.lr_schedule == "const")
 
 
