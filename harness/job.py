@@ -44,14 +44,22 @@ def _named_parameters(accelerator: Any, model: Any) -> list[tuple[str, torch.nn.
 
 
 def full_parameters(accelerator: Any, model: Any, scenario: Scenario) -> tuple[Tensors, bool]:
-    """Unpartitioned fp32 CPU copies by name, and whether they are the optimizer's own fp32 weights: DeepSpeed's
-    master weights at ZeRO 1-3 (``safe_get_full_fp32_param``, a collective at ZeRO-3: every rank calls it
-    together), the module's weights elsewhere (bf16 copies at ZeRO-0 bf16, where the engine exposes no master)."""
+    """Unpartitioned fp32 CPU copies by name, and whether they are the optimizer's own fp32 weights.
+
+    In fp32 the module's weights are the optimizer's: read as they are at ZeRO 0-2, gathered in one coalesced call at
+    ZeRO-3 (``GatheredParameters``; a collective, every rank calls it together). In bf16 the optimizer's fp32 master
+    weights are read: ``safe_get_full_fp32_param`` at ZeRO 1-3 (one collective per tensor, so only where needed),
+    the FP16_UnfusedOptimizer's at ZeRO-0."""
     named = _named_parameters(accelerator, model)
-    if scenario.is_deepspeed and scenario.zero_stage:
+    if scenario.is_deepspeed and scenario.zero_stage and scenario.precision == "bf16":
         from deepspeed.utils import safe_get_full_fp32_param
 
         return {name: safe_get_full_fp32_param(p).detach().float().cpu().clone() for name, p in named}, True
+    if scenario.zero_stage == 3:
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters([p for _, p in named], modifier_rank=None):
+            return {name: p.detach().float().cpu().clone() for name, p in named}, True
     if scenario.is_deepspeed and scenario.precision == "bf16":
         master = _zero0_master_weights(model)
         if master is not None:
@@ -109,6 +117,20 @@ def leftover_gradients(run: loops.Run, scenario: Scenario) -> tuple[Tensors | No
     return full_gradients(accelerator, model, scenario), probe
 
 
+def _release(accelerator: Any, model: Any) -> None:
+    """What ``accelerator.free_memory()`` does between scenarios, without its ``gc.collect()`` (a quarter of a ZeRO-3
+    job's time, measured; the world freezes what survives the first job of each backend instead): the engine's hooks
+    removed (``engine.destroy()``, before the next scenario builds one) and the accelerator's references dropped."""
+    engine = getattr(getattr(accelerator, "deepspeed_engine_wrapped", None), "engine", None)
+    destroy = getattr(engine, "destroy", None)
+    if callable(destroy):
+        destroy()
+    for name in ("_models", "_optimizers", "_schedulers", "_dataloaders"):
+        getattr(accelerator, name, []).clear()
+    accelerator.deepspeed_engine_wrapped = None
+    del model
+
+
 def _learning_rate(optimizer: Any) -> float | None:
     groups = getattr(optimizer, "param_groups", None)
     return float(groups[0]["lr"]) if groups else None
@@ -138,10 +160,45 @@ def _probe(probe: str | None, scenario: Scenario) -> Iterator[dict[str, Any] | N
             setattr(DeepSpeedEngine, name, original)
 
 
+class _YoungGenerationGc:
+    """``gc`` as DeepSpeed's ZeRO-3 ``defragment`` sees it in the warm world: its full ``gc.collect()`` rescans every
+    object the rank holds at every engine build (0.1 s of a 0.16 s MLP job, measured); collecting the young
+    generation frees the cycles a build leaves without it. Numerics are untouched: it only frees memory."""
+
+    @staticmethod
+    def collect(generation: int = 0) -> int:
+        import gc
+
+        return gc.collect(0)
+
+
+def without_shm_op() -> None:
+    """DeepSpeed JIT-builds its CPU shared-memory comm op when its communication backend starts (30-130 s per new
+    venv, measured) and uses it only for ``inference_all_reduce``, which training never calls (deepspeed/comm/torch.py):
+    the ranks skip building it, and every venv saves that compile."""
+    import importlib
+
+    try:  # by module path: `from deepspeed.comm import torch` would give PyTorch itself (imported by that package)
+        ds_comm_torch = importlib.import_module("deepspeed.comm.torch")
+    except Exception:
+        return
+    ds_comm_torch.build_shm_op = lambda: None
+
+
+def _quick_zero3_defragment() -> None:
+    try:
+        from deepspeed.runtime.zero import utils as zero_utils
+    except Exception:
+        return
+    zero_utils.gc = _YoungGenerationGc
+
+
 def run(scenario: Scenario, target: str, rank: int, count_collectives: bool = False,
         probe: str | None = None) -> Trace | str:
     """The trace, or the reason the target does not support this scenario's API (found by calling it)."""
     accelerator_cls = load_target(target)
+    if scenario.zero_stage == 3:
+        _quick_zero3_defragment()
     if scenario.is_client:
         from . import clients
 
@@ -152,7 +209,11 @@ def run(scenario: Scenario, target: str, rank: int, count_collectives: bool = Fa
         trace = Trace(rank=rank, world=check_world(accelerator, scenario, rank))
         trace.facts = stack.facts(scenario.backend, scenario.world_size,
                                   model if scenario.is_deepspeed else None)
-        trace.initial_params, trace.params_are_master = full_parameters(accelerator, model, scenario)
+        # The weights the first step starts from: in fp32 the seeded model's (the oracle builds them itself; not read
+        # here, so a target that changes the weights while preparing them shows at the first step); DeepSpeed in bf16
+        # keeps fp32 master weights made from the bf16-cast module, so there they are read.
+        if scenario.is_deepspeed and scenario.precision == "bf16":
+            trace.initial_params, trace.params_are_master = full_parameters(accelerator, model, scenario)
         recorder = StepRecorder(trace, params=lambda: full_parameters(accelerator, model, scenario)[0],
                                 grads=lambda: full_gradients(accelerator, model, scenario),
                                 lr=lambda: _learning_rate(optimizer))
@@ -173,7 +234,7 @@ def run(scenario: Scenario, target: str, rank: int, count_collectives: bool = Fa
             trace.final_params, _ = full_parameters(accelerator, model, scenario)
             trace.leftover_grads, trace.leftover_probe = leftover_gradients(session, scenario)
         finally:
-            accelerator.free_memory()  # engine.destroy(): removes DeepSpeed's hooks before the next scenario
+            _release(accelerator, model)
     trace.warnings = sorted({f"{w.category.__name__}: {w.message}" for w in caught
                              if not issubclass(w.category, (DeprecationWarning, FutureWarning))})
     return trace

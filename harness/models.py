@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 IN_FEATURES, HIDDEN, OUT_FEATURES = 8, 16, 4
-GPT2_VOCAB, GPT2_POSITIONS, GPT2_EMBED, GPT2_LAYERS, GPT2_HEADS = 64, 16, 16, 2, 2
+GPT2_VOCAB, GPT2_POSITIONS, GPT2_EMBED, GPT2_LAYERS, GPT2_HEADS = 64, 16, 16, 1, 2
 
 
 class MLP(torch.nn.Module):
@@ -30,9 +30,10 @@ def _tiny_gpt2() -> torch.nn.Module:
     # Token ids inside the tiny vocabulary and the loss named: transformers otherwise warns on every build.
     config = GPT2Config(vocab_size=GPT2_VOCAB, n_positions=GPT2_POSITIONS, n_embd=GPT2_EMBED, n_layer=GPT2_LAYERS,
                         n_head=GPT2_HEADS, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-                        tie_word_embeddings=True, bos_token_id=GPT2_VOCAB - 1, eos_token_id=GPT2_VOCAB - 1,
-                        loss_type="ForCausalLM")
-    return GPT2LMHeadModel(config)
+                        tie_word_embeddings=True, bos_token_id=GPT2_VOCAB - 1, eos_token_id=GPT2_VOCAB - 1)
+    model = GPT2LMHeadModel(config)
+    model.loss_type = "ForCausalLM"  # read from the model, not its config, by transformers 5
+    return model
 
 
 def build_model(name: str, seed: int) -> torch.nn.Module:

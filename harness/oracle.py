@@ -177,7 +177,7 @@ def teacher_forced(scenario: Scenario, expectation: Expectation, trace: Trace, p
     out = OracleTrace(losses=[[] for _ in range(world)])
     windows = expectation.windows
     steps = expectation.step_points
-    before = trace.initial_params
+    before = trace.initial_params or run.snapshot()  # the seeded model's weights, as the oracle built them
     for k, window in enumerate(windows):
         if k >= len(trace.steps) or not before:
             break

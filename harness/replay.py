@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
-
-import tomllib
 
 from .results import write_atomic
 from .scenario import Scenario

@@ -73,6 +73,11 @@ class Runner:
         self._local: dict[tuple, oracle.OracleTrace] = {}
         self._verdicts: dict[tuple[Scenario, str], Verdict] = {}
         self._seconds: dict[Scenario, float] = {}
+        # Where the runner's time goes (benchmarks read it): jobs by role kind, the model, both oracles, judging.
+        self.timings: dict[str, float] = {}
+
+    def _timed(self, what: str, started: float) -> None:
+        self.timings[what] = self.timings.get(what, 0.0) + time.perf_counter() - started
 
     # -- runs -----------------------------------------------------------------------------------------------
     def job(self, need: Need) -> JobResult:
@@ -87,14 +92,18 @@ class Runner:
             self._jobs[key] = self.pool.run(need.scenario, key.target, count_collectives=counting,
                                             **({"probe": need.probe} if need.probe else {}))
             self._seconds[need.scenario] = self._seconds.get(need.scenario, 0.0) + time.perf_counter() - started
+            kind = "probe" if need.probe else "follow-up" if need.after else "upstream" if need.target else "run"
+            self._timed(f"jobs ({kind}{', counting collectives' if counting else ''})", started)
         return self._jobs[key]
 
     # -- expectations ---------------------------------------------------------------------------------------
     def expectation(self, scenario: Scenario, facts: dict[str, Any]) -> Expectation:
         key = (scenario, tuple(sorted(facts.items())))
         if key not in self._expectations:
+            started = time.perf_counter()
             self._expectations[key] = expect(scenario.program, Facts(**facts), scenario.configured_g, scenario.clip,
                                              scheduler=scenario.lr_schedule != "const")
+            self._timed("model", started)
         return self._expectations[key]
 
     def free_oracle(self, scenario: Scenario, expectation: Expectation) -> oracle.OracleTrace:
@@ -104,13 +113,17 @@ class Runner:
                scenario.loss_norm, scenario.windows if scenario.loss_norm == "tokens" else None,
                scenario.configured_g, scenario.lr_schedule, plan, expectation.error_at)
         if key not in self._free:
+            started = time.perf_counter()
             self._free[key] = oracle.expected(scenario, expectation)
+            self._timed("oracle (free-running)", started)
         return self._free[key]
 
     def local_oracle(self, scenario: Scenario, expectation: Expectation, trace: Any) -> oracle.OracleTrace:
         key = (scenario, id(trace))
         if key not in self._local:
+            started = time.perf_counter()
             self._local[key] = oracle.teacher_forced(scenario, expectation, trace, probe=trace.leftover_probe)
+            self._timed("oracle (teacher-forced)", started)
         return self._local[key]
 
     # -- verdicts -------------------------------------------------------------------------------------------

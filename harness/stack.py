@@ -7,9 +7,11 @@ dependency must not break the pool.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.metadata
 import inspect
+import io
 from typing import Any
 
 VERSIONED = ("accelerate", "deepspeed", "torch", "transformers")
@@ -57,7 +59,10 @@ def capabilities() -> dict[str, Any]:
     caps: dict[str, Any] = dict(versions())
     caps["accelerate_forwards_boundary"] = accelerate_forwards_boundary()
     try:
-        from deepspeed.runtime.engine import DeepSpeedEngine
+        # DeepSpeed's logger binds the stdout it finds at import ("Setting accelerator to CPU…"): the coordinator
+        # imports it only to read its classes, so what it says here is kept off the console for good.
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            from deepspeed.runtime.engine import DeepSpeedEngine
     except Exception as exc:  # deepspeed missing or broken on this torch: report, never crash
         caps["deepspeed_import_error"] = f"{type(exc).__name__}: {exc}"
         return caps

@@ -41,7 +41,7 @@ class Trace:
     collectives: list[dict[str, int]] = field(default_factory=list)
     engine_global_steps: int | None = None
     engine_micro_steps: int | None = None
-    initial_params: Tensors = field(default_factory=dict)  # before any step (what the first step starts from)
+    initial_params: Tensors = field(default_factory=dict)  # empty: the seeded model's weights (the oracle's own)
     final_params: Tensors = field(default_factory=dict)
     # The full gradients left after the program: ``.grad`` (no ZeRO partitioning), or, at ZeRO 1-3 where they live
     # in partitions, read right after one more backward of micro-batch ``leftover_probe`` at a boundary, unstepped.

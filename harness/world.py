@@ -73,6 +73,8 @@ def reset_between_scenarios(state: _RankState, scenario: Scenario) -> None:
     import torch.nn.functional
     from accelerate.state import AcceleratorState, GradientState, PartialState
 
+    from .job import without_shm_op
+
     # 1. Without it accelerate reuses the previous state's plugins: a DDP scenario after a DeepSpeed one
     #    silently runs as a DeepSpeed engine with the previous config.
     AcceleratorState._reset_state(reset_partial_state=True)
@@ -92,7 +94,10 @@ def reset_between_scenarios(state: _RankState, scenario: Scenario) -> None:
     else:
         os.environ.update(state.launch_env)
     # 6. Re-create PartialState with exactly the launch's arguments: re-created without a backend, accelerate
-    #    decides "one process" on a CPU host and rank 1 silently trains on rank 0's data.
+    #    decides "one process" on a CPU host and rank 1 silently trains on rank 0's data. (DeepSpeed's comm backend
+    #    starts here: its shm op, unused by training, is not built: job.without_shm_op.)
+    if scenario.is_deepspeed:
+        without_shm_op()
     if scenario.is_deepspeed or state.cuda:
         PartialState(backend=state.backend, timeout=state.timeout)
     else:
@@ -207,28 +212,6 @@ def _rank_main(rank: int, world_size: int, port: int, conn: Any, pg_timeout_s: f
 
 
 # -------------------------------------------------------------------------------------- coordinator side
-_PREBUILT = False
-
-
-def prebuild_deepspeed_ops() -> None:
-    """Build DeepSpeed's CPU shm comm op here, in the coordinator, once per process.
-
-    DeepSpeed JIT-builds it at the first engine init of every new venv (30-130 s, measured). Inside a job that
-    time counts against the job's timeout, and a rank killed mid-build leaves torch's build lock file behind:
-    every later build then waits on it forever (seen in CI: all following scenarios timed out). Built here,
-    with no timeout and by a process nobody kills, the ranks only load it (0.07 s).
-    """
-    global _PREBUILT
-    if _PREBUILT:
-        return
-    _PREBUILT = True
-    try:
-        from deepspeed.comm.torch import build_shm_op
-    except Exception:  # no DeepSpeed, or one that cannot import here: the jobs will say so themselves
-        return
-    build_shm_op()
-
-
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -259,7 +242,6 @@ class World:
 
     # lifecycle
     def start(self) -> None:
-        prebuild_deepspeed_ops()
         # The profiler that counts collectives (P7) makes kineto print two "USDT: profiler_start/stop" lines per
         # micro-batch on stderr in torch 2.13; above its highest level (5) it says nothing. Spawned ranks inherit it.
         os.environ.setdefault("KINETO_LOG_LEVEL", "6")

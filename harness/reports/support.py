@@ -9,10 +9,10 @@ rewritten by the same command, so the two cannot drift apart.
 from __future__ import annotations
 
 import re
+import tomllib
 from collections import Counter, defaultdict
 from pathlib import Path
 
-import tomllib
 from packaging.version import Version
 
 from ..results import SEVERITY
