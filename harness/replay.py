@@ -48,6 +48,16 @@ class KnownBug:
     reproducible: bool = True
     why_not: str = ""
     seeds: int = 1  # an intermittent bug is run under this many seeds: reproduced if any shows it
+    seeds_when_fixed: int = 1  # on a fixed version: a pass of the race this many times says "fixed" (cheaper)
+
+    @property
+    def code(self) -> str:
+        """The one property a replay judges: the one the bug must show, or, for a crash, the subject's P4 (any
+        property needs the run; P4 asks for nothing else)."""
+        return "P4" if self.expect.startswith("error:") else self.expect.split()[0]
+
+    def seeds_for(self, role: str) -> int:
+        return self.seeds if role == "affected" else min(self.seeds, self.seeds_when_fixed)
 
     def role(self, versions: Mapping[str, str | None]) -> str:
         """``affected``, ``fixed`` or ``neither`` for these installed versions."""
@@ -83,7 +93,7 @@ def load(path: str | Path | None = None) -> list[KnownBug]:
                 id=entry["id"], title=entry["title"], affected=_split(entry["affected"]), fixed=_split(entry["fixed"]),
                 fixed_in=entry["fixed_in"], target=entry["target"], expect=entry["expect"], scenarios=scenarios,
                 reproducible=entry.get("reproducible", True), why_not=entry.get("why_not", ""),
-                seeds=int(entry.get("seeds", 1))))
+                seeds=int(entry.get("seeds", 1)), seeds_when_fixed=int(entry.get("seeds_when_fixed", 10))))
         except KeyError as exc:
             raise CatalogueError(f"{path}: {name}: missing key {exc}") from exc
         except (InvalidRequirement, TypeError, ValueError) as exc:
@@ -155,15 +165,17 @@ def replay(bugs: Iterable[KnownBug], backends: Iterable[str] | None = None,
                 if keep is not None and scenario.backend not in keep:
                     continue
                 runner = runners.setdefault(bug.target, Runner(bug.target, pool=pool))
-                outcomes = [runner.outcome(dataclasses.replace(scenario, seed=seed)) for seed in range(bug.seeds)]
+                seeds = bug.seeds_for(role)
+                outcomes = [runner.outcome(dataclasses.replace(scenario, seed=seed), codes=[bug.code])
+                            for seed in range(seeds)]
                 verdicts = [verdict(bug, role, o) for o in outcomes]
                 # One row per scenario: the first run that shows the bug (or the first non-pass) speaks for all.
                 pick = next((k for k, v in enumerate(verdicts) if v in ("reproduced", "still fail", "still error")),
                             next((k for k, o in enumerate(outcomes) if o.outcome != "pass"), 0))
                 shows = what_it_shows(outcomes[pick])
-                if bug.seeds > 1:
+                if seeds > 1:
                     struck = sum(shows_expected(bug.expect, o) for o in outcomes)
-                    shows = f"{struck}/{bug.seeds} seeds show it" + (f"; {shows}" if shows else "")
+                    shows = f"{struck}/{seeds} seeds show it" + (f"; {shows}" if shows else "")
                 rows.append(ReplayRow(bug.id, scenario.id, bug.target, role, outcomes[pick].outcome, shows,
                                       verdicts[pick], versions))
     finally:
