@@ -87,6 +87,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         from .programs.strategies import EXPLORED_BACKENDS
 
         chosen = [b for b in EXPLORED_BACKENDS if b in set(_backends(metafunc.config))]
+        if metafunc.config.getoption("accumgate_programs") < 1:
+            chosen = []
         metafunc.parametrize("program_backend", [pytest.param(b, marks=[pytest.mark.world, getattr(pytest.mark, b)])
                                                  for b in chosen])
         return
@@ -100,7 +102,19 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     metafunc.parametrize("scenario", [s for s in _profile(metafunc.config) if prop.applies(s, target)], ids=str)
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # A property that applies to no scenario of this selection (P7 on ZeRO-3), or programs with a budget of 0, is
+    # not a test: deselected, not skipped.
+    def empty_parametrization(item: pytest.Item) -> bool:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if item.get_closest_marker("accumgate") is not None:
+            return not isinstance(params.get("scenario"), Scenario)
+        return "program_backend" in getattr(item, "fixturenames", ()) and not isinstance(params.get("program_backend"), str)
+
+    empty = [item for item in items if empty_parametrization(item)]
+    if empty:
+        config.hook.pytest_deselected(items=empty)
+        items[:] = [item for item in items if item not in empty]
     for item in items:
         scenario = getattr(getattr(item, "callspec", None), "params", {}).get("scenario")
         if not isinstance(scenario, Scenario):
@@ -114,6 +128,20 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(getattr(pytest.mark, name))
 
 
+_SESSION: dict[str, object] = {}
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    """One line on where the session's time went (the runner's own account): people tuning a run want it."""
+    runner = _SESSION.get("runner")
+    if runner is None:
+        return
+    timings = ", ".join(f"{what} {seconds:.0f} s" for what, seconds in
+                        sorted(runner.timings.items(), key=lambda kv: -kv[1]) if seconds >= 0.5)
+    verdicts = len(runner._verdicts)
+    terminalreporter.write_line(f"accumgate: {verdicts} (scenario, property) verdicts; {timings}")
+
+
 @pytest.fixture(scope="session")
 def accumgate_runner(request: pytest.FixtureRequest):
     from .runner import Runner, WorldPool
@@ -123,6 +151,7 @@ def accumgate_runner(request: pytest.FixtureRequest):
     started = time.perf_counter()
     runner = Runner(target, xfails=config._accumgate_xfails,  # type: ignore[attr-defined]
                     pool=WorldPool(config.getoption("accumgate_timeout")))
+    _SESSION["runner"] = runner
     yield runner
     report_dir = config.getoption("accumgate_report_dir")
     outcomes = runner.outcomes()

@@ -39,6 +39,9 @@ class WorldPool:
             self.worlds[size] = World(world_size=size, job_timeout_s=self.job_timeout_s)
         return self.worlds[size]
 
+    def start_seconds(self) -> float:
+        return sum(world.start_seconds for world in self.worlds.values())
+
     def run(self, scenario: Scenario, target: str, **options: object) -> JobResult:
         return self.world_for(scenario).run(scenario, target, **options)
 
@@ -89,11 +92,15 @@ class Runner:
                         and communication_applies(need.scenario))
             if need.after is not None:
                 self.pool.run(need.after, key.target)
+            starts = getattr(self.pool, "start_seconds", lambda: 0.0)()
+            # A probe is meant to make the target refuse by name: such a clean refusal need not cost a world.
             self._jobs[key] = self.pool.run(need.scenario, key.target, count_collectives=counting,
-                                            **({"probe": need.probe} if need.probe else {}))
+                                            **({"probe": need.probe, "recoverable": True} if need.probe else {}))
             self._seconds[need.scenario] = self._seconds.get(need.scenario, 0.0) + time.perf_counter() - started
             kind = "probe" if need.probe else "follow-up" if need.after else "upstream" if need.target else "run"
-            self._timed(f"jobs ({kind}{', counting collectives' if counting else ''})", started)
+            started_worlds = getattr(self.pool, "start_seconds", lambda: 0.0)() - starts
+            self.timings["world starts"] = self.timings.get("world starts", 0.0) + started_worlds
+            self._timed(f"jobs ({kind}{', counting collectives' if counting else ''})", started + started_worlds)
         return self._jobs[key]
 
     # -- expectations ---------------------------------------------------------------------------------------

@@ -67,6 +67,7 @@ class LaunchedWorldPool:
         from . import job
         from .world import reset_between_scenarios
 
+        options.pop("recoverable", None)  # under a launcher any failure ends the process group's usefulness
         self.jobs += 1
         if self.lost_at is not None:
             return JobResult("error", errors={self.rank: f"not run: the process group was lost at {self.lost_at}"})

@@ -28,6 +28,8 @@ from .scenario import Scenario
 _DISTRIBUTED_ENV = ("RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "WORLD_SIZE")
 # How much of what the dependencies printed during a failing job is kept beside its traceback.
 LOG_TAIL_LINES = 40
+# How long a barrier may take to prove the process group whole after a recoverable error.
+HEALTH_CHECK_S = 15.0
 
 
 @dataclass
@@ -180,13 +182,31 @@ def _rank_main(rank: int, world_size: int, port: int, conn: Any, pg_timeout_s: f
             message = pickle.loads(conn.recv_bytes())
             if message is None:
                 break
+            if message == "ping":  # after a recoverable error: is the process group still whole?
+                import torch.distributed as dist
+
+                dist.barrier()
+                conn.send_bytes(pickle.dumps(("pong", None)))
+                continue
             scenario, target, options = message
+            recoverable = options.pop("recoverable", False)
             if rank >= scenario.world_size:
                 conn.send_bytes(pickle.dumps(("idle", None)))
                 continue
-            with captured:
-                reset_between_scenarios(state, scenario)
-                result = job.run(scenario, target, rank, **options)
+            try:
+                with captured:
+                    reset_between_scenarios(state, scenario)
+                    result = job.run(scenario, target, rank, **options)
+            except Exception:
+                if not recoverable:
+                    raise
+                # A probe that is meant to fail (the target refusing a configuration by name) need not cost a
+                # world: report, then let the coordinator decide whether every rank stopped cleanly.
+                conn.send_bytes(pickle.dumps(("raised", traceback.format_exc() + _log_tail(captured.text()))))
+                if pickle.loads(conn.recv_bytes()) != "continue":
+                    os._exit(1)
+                os.environ.update(state.launch_env)
+                continue
             if not isinstance(result, str):
                 result.log = captured.text()
             os.environ.update(state.launch_env)
@@ -239,9 +259,17 @@ class World:
         self._port: int | None = None
         self._dir = Path(tempfile.mkdtemp(prefix="accumgate-world-"))
         self.starts = 0
+        self.start_seconds = 0.0  # spent starting ranks (spawn, imports, process group), over every start
 
     # lifecycle
     def start(self) -> None:
+        started = time.perf_counter()
+        try:
+            self._start()
+        finally:
+            self.start_seconds += time.perf_counter() - started
+
+    def _start(self) -> None:
         # The profiler that counts collectives (P7) makes kineto print two "USDT: profiler_start/stop" lines per
         # micro-batch on stderr in torch 2.13; above its highest level (5) it says nothing. Spawned ranks inherit it.
         os.environ.setdefault("KINETO_LOG_LEVEL", "6")
@@ -309,7 +337,10 @@ class World:
             conn.send_bytes(pickle.dumps((scenario, target, options)))
         replies = self._collect(self.job_timeout_s)
         seconds = time.perf_counter() - started
-        errors = {rank: reply[1] for rank, reply in replies.items() if reply[0] == "error"}
+        raised = {rank: reply[1] for rank, reply in replies.items() if reply[0] == "raised"}
+        if raised and self._recovered(replies, scenario):
+            return JobResult("error", errors=raised, seconds=time.perf_counter() - started)
+        errors = {rank: reply[1] for rank, reply in replies.items() if reply[0] in ("error", "raised")}
         if errors or len(replies) < self.world_size:
             self._kill()
             return JobResult("error", errors=errors, seconds=seconds)
@@ -321,6 +352,25 @@ class World:
             return JobResult("error", errors={r: f"{replies[r][0]}: {replies[r][1]}" for r in replies}, seconds=seconds)
         traces = [replies[rank][1] for rank in range(scenario.world_size)]
         return JobResult("ok", traces=traces, seconds=seconds)
+
+    def _recovered(self, replies: dict[int, tuple[str, Any]], scenario: Scenario) -> bool:
+        """A recoverable job that every one of its ranks left by raising (none hung, none died): they go on, and a
+        barrier proves the process group whole before the next job; anything less and the world is replaced."""
+        workers = range(scenario.world_size)
+        if len(replies) < self.world_size or any(replies[rank][0] != "raised" for rank in workers):
+            return False
+        try:
+            for rank in workers:
+                self._conns[rank].send_bytes(pickle.dumps("continue"))
+            for conn in self._conns:
+                conn.send_bytes(pickle.dumps("ping"))
+            pongs = self._collect(HEALTH_CHECK_S)
+        except OSError:
+            return False
+        if len(pongs) < self.world_size or any(reply[0] != "pong" for reply in pongs.values()):
+            self._kill()
+            return False
+        return True
 
     def _collect(self, timeout_s: float) -> dict[int, tuple[str, Any]]:
         """Replies by rank until all are in, one rank fails (peers get a short grace), or the deadline."""
@@ -340,7 +390,7 @@ class World:
                 except (EOFError, OSError):
                     code = self._procs[rank].exitcode
                     replies[rank] = ("error", f"rank {rank} died without a report (exit code {code})")
-                if replies[rank][0] == "error":
+                if replies[rank][0] in ("error", "raised"):
                     deadline = min(deadline, time.monotonic() + 5.0)
         for rank in pending:
             replies[rank] = ("error", self._hung_rank_report(rank, timeout_s))
