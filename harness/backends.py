@@ -62,6 +62,33 @@ def expected_distributed_type(scenario: Scenario) -> str:
     return "NO"
 
 
+def is_fsdp2_module(model: Any) -> bool:
+    """``fully_shard`` swaps the module's class for an ``FSDP<Name>`` subclass of ``FSDPModule``."""
+    return any(cls.__name__ == "FSDPModule" for cls in type(model).__mro__)
+
+
+def _fsdp2_accelerator(scenario: Scenario, accelerator_cls: Any) -> Any:
+    """FSDP2 (``fully_shard``) through accelerate, on CPU too. accelerate turns FSDP on only from GPU-class distributed
+    types; on CPU the harness sets the state's distributed type to FSDP (and its plugin) before ``prepare``, the
+    arrangement measured to train like DDP (cpu-deepspeed.md: within 1.5e-8 of DDP's parameters). FSDP1 refuses a
+    CPU device id, so it stays the GPU path."""
+    from accelerate.state import AcceleratorState, PartialState
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    plugin = FullyShardedDataParallelPlugin(fsdp_version=2)
+    accelerator = accelerator_cls(cpu=not torch.cuda.is_available(), fsdp_plugin=plugin,
+                                  gradient_accumulation_steps=scenario.configured_g,
+                                  mixed_precision="bf16" if scenario.precision == "bf16" else "no")
+    if not torch.cuda.is_available():
+        # Both states: every AcceleratorState() built later (prepare builds some) copies PartialState's type over its
+        # own, and accelerate would then report MULTI_CPU and take the DDP paths (no_sync among them).
+        PartialState().distributed_type = DistributedType.FSDP
+        state = AcceleratorState()
+        state.distributed_type = DistributedType.FSDP
+        state.fsdp_plugin = plugin
+    return accelerator
+
+
 def build(scenario: Scenario, accelerator_cls: Any,
           config_overrides: dict[str, Any] | None = None) -> tuple[Any, Any, Any, Any]:
     """(accelerator, prepared model, prepared optimizer, prepared lr scheduler or None)."""
@@ -74,14 +101,7 @@ def build(scenario: Scenario, accelerator_cls: Any,
             gradient_accumulation_steps=scenario.configured_g,
         )
     elif scenario.backend == "fsdp":
-        if not torch.cuda.is_available():
-            raise BackendUnavailable("fsdp: accelerate enables FSDP only on GPU distributed types "
-                                     "(on CPU it silently stays DistributedType.NO); run it on a GPU machine")
-        from accelerate.utils import FullyShardedDataParallelPlugin
-
-        accelerator = accelerator_cls(fsdp_plugin=FullyShardedDataParallelPlugin(),
-                                      gradient_accumulation_steps=scenario.configured_g,
-                                      mixed_precision="bf16" if scenario.precision == "bf16" else "no")
+        accelerator = _fsdp2_accelerator(scenario, accelerator_cls)
     else:
         accelerator = accelerator_cls(
             cpu=not torch.cuda.is_available(),

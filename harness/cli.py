@@ -93,10 +93,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from .world import WorldStartError
 
     console = Console(stderr=True)
-    from .selection import available_backends
-
-    if "fsdp" not in available_backends():
-        console.print("[dim]fsdp: not run here: accelerate enables FSDP only with a GPU[/dim]")
     if not scenarios:
         console.print("no scenario matches the selection")
         return EXIT_USAGE

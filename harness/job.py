@@ -25,7 +25,7 @@ class WorldMismatch(RuntimeError):
     """The rank sees another world than the scenario asked for; training would be silently wrong."""
 
 
-def check_world(accelerator: Any, scenario: Scenario, rank: int) -> dict[str, Any]:
+def check_world(accelerator: Any, model: Any, scenario: Scenario, rank: int) -> dict[str, Any]:
     distributed_type = accelerator.distributed_type
     seen = {
         "process_index": accelerator.process_index,
@@ -34,6 +34,8 @@ def check_world(accelerator: Any, scenario: Scenario, rank: int) -> dict[str, An
     }
     wanted = {"process_index": rank, "num_processes": scenario.world_size,
               "distributed_type": backends.expected_distributed_type(scenario)}
+    if scenario.backend == "fsdp" and not backends.is_fsdp2_module(model):
+        seen["distributed_type"] += " (the model is no fully_shard module)"
     if seen != wanted:
         raise WorldMismatch(f"{scenario.id}: rank {rank} sees {seen}, the scenario needs {wanted}; refusing to train")
     return seen
@@ -41,6 +43,13 @@ def check_world(accelerator: Any, scenario: Scenario, rank: int) -> dict[str, An
 
 def _named_parameters(accelerator: Any, model: Any) -> list[tuple[str, torch.nn.Parameter]]:
     return list(accelerator.unwrap_model(model).named_parameters())
+
+
+def _full(tensor: Any) -> torch.Tensor:
+    """FSDP2 shards parameters and gradients as DTensors: the full tensor is gathered (a collective: every rank
+    calls it in the same order); anything else is already whole."""
+    full = getattr(tensor, "full_tensor", None)
+    return (full() if callable(full) else tensor).detach().float().cpu().clone()
 
 
 def full_parameters(accelerator: Any, model: Any, scenario: Scenario) -> tuple[Tensors, bool]:
@@ -59,13 +68,13 @@ def full_parameters(accelerator: Any, model: Any, scenario: Scenario) -> tuple[T
         import deepspeed
 
         with deepspeed.zero.GatheredParameters([p for _, p in named], modifier_rank=None):
-            return {name: p.detach().float().cpu().clone() for name, p in named}, True
+            return {name: _full(p) for name, p in named}, True
     if scenario.is_deepspeed and scenario.precision == "bf16":
         master = _zero0_master_weights(model)
         if master is not None:
             return {name: master[id(p)].detach().float().cpu().clone() for name, p in named}, True
-        return {name: p.detach().float().cpu().clone() for name, p in named}, False
-    return {name: p.detach().float().cpu().clone() for name, p in named}, True
+        return {name: _full(p) for name, p in named}, False
+    return {name: _full(p) for name, p in named}, True
 
 
 def _zero0_master_weights(engine: Any) -> dict[int, torch.Tensor] | None:
@@ -93,8 +102,8 @@ def full_gradients(accelerator: Any, model: Any, scenario: Scenario) -> Tensors 
             return None
     if all(g is None for g in grads.values()):
         return None
-    return {name: (torch.zeros_like(p, dtype=torch.float32, device="cpu") if g is None
-                   else g.detach().float().cpu().clone()) for (name, p), g in zip(named, grads.values())}
+    return {name: (torch.zeros(tuple(p.shape), dtype=torch.float32) if g is None else _full(g))
+            for (name, p), g in zip(named, grads.values())}
 
 
 def leftover_gradients(run: loops.Run, scenario: Scenario) -> tuple[Tensors | None, int | None]:
@@ -105,8 +114,7 @@ def leftover_gradients(run: loops.Run, scenario: Scenario) -> tuple[Tensors | No
     accelerator, model = run.accelerator, run.model
     if not (scenario.is_deepspeed and scenario.zero_stage):
         named = _named_parameters(accelerator, model)
-        return {name: (torch.zeros(p.shape) if p.grad is None else p.grad.detach().float().cpu().clone())
-                for name, p in named}, None
+        return {name: (torch.zeros(tuple(p.shape)) if p.grad is None else _full(p.grad)) for name, p in named}, None
     if not callable(getattr(model, "set_gradient_accumulation_boundary", None)):
         return None, None  # the old-engine probe hid it: nothing can be read
     probe = len(scenario.program)
@@ -206,7 +214,7 @@ def run(scenario: Scenario, target: str, rank: int, count_collectives: bool = Fa
     with warnings.catch_warnings(record=True) as caught, _probe(probe, scenario) as overrides:
         warnings.simplefilter("always")
         accelerator, model, optimizer, scheduler = backends.build(scenario, accelerator_cls, overrides)
-        trace = Trace(rank=rank, world=check_world(accelerator, scenario, rank))
+        trace = Trace(rank=rank, world=check_world(accelerator, model, scenario, rank))
         trace.facts = stack.facts(scenario.backend, scenario.world_size,
                                   model if scenario.is_deepspeed else None)
         # The weights the first step starts from: in fp32 the seeded model's (the oracle builds them itself; not read

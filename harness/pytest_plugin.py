@@ -40,8 +40,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="write results.json, junit.xml and summary.md here at session end")
     group.addoption("--accumgate-timeout", type=float, default=float(env("ACCUMGATE_TIMEOUT", "120")),
                     help="per-scenario timeout in seconds")
-    group.addoption("--accumgate-programs", type=int, default=int(env("ACCUMGATE_PROGRAMS", "25")),
-                    help="generated programs per backend (derandomized; default 25, CI's programs env 150)")
+    group.addoption("--accumgate-programs", type=int, default=int(env("ACCUMGATE_PROGRAMS", "20")),
+                    help="generated programs per backend (derandomized; default 20, the programs env 150)")
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -334,7 +334,7 @@ def quick(backends: Iterable[str] = BACKENDS) -> list[Scenario]:
     keep = set(backends)
     return [
         Scenario(backend, api, schedule, world_size=1 if backend == "single" else 2)
-        for backend in ("single", "ddp", "ds0", "ds1", "ds2", "ds3") if backend in keep
+        for backend in ("single", "ddp", "fsdp", "ds0", "ds1", "ds2", "ds3") if backend in keep
         for schedule in ("uni4", "dyn3142")
         for api in QUICK_STYLES
     ]
@@ -356,7 +356,7 @@ def split_groups(backends: Iterable[str] = BACKENDS) -> list[Scenario]:
     """P10 on every backend × every style whose windows are its schedule's: MLP, fp32, SGD with clipping (so the norm
     matters), each split; on DeepSpeed also GPT-2 with the user's token normalisation (invariant) and with the
     model's own per-micro-batch token mean (not invariant: its drift is measured, #34191)."""
-    keep = [b for b in BACKENDS if b in set(backends) and b != "fsdp"]
+    keep = [b for b in BACKENDS if b in set(backends)]
     out = []
     for backend in keep:
         for api in SPLIT_STYLES:

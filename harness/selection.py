@@ -12,10 +12,8 @@ class SelectionError(ValueError):
 
 
 def available_backends() -> tuple[str, ...]:
-    """FSDP needs a GPU under accelerate (cpu-deepspeed.md): off the list on CPU, said once by ``run``."""
-    import torch
-
-    return BACKENDS if torch.cuda.is_available() else tuple(b for b in BACKENDS if b != "fsdp")
+    """Every backend runs here: FSDP2 on CPU too, in the harness's arrangement (backends._fsdp2_accelerator)."""
+    return BACKENDS
 
 
 def chosen_backends(text: str | None) -> tuple[str, ...]:

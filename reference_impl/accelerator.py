@@ -73,6 +73,9 @@ class BoundaryAwareAccelerator(Accelerator):
         # accelerate keeps the *unwrapped* module in _models for MULTI_CPU/MULTI_GPU, so the DDP wrappers
         # whose gradient sync the boundary controls are tracked here.
         self._ddp_wrapped: list[torch.nn.parallel.DistributedDataParallel] = []
+        # FSDP2 decides at backward whether to reduce (set_requires_gradient_sync); inside how many no_sync() contexts
+        # (accumulate()'s or the user's) this accelerator is, so a boundary knows what to restore after itself.
+        self._no_sync_depth = 0
 
     # -- preparation --------------------------------------------------------------------------------------
     def _prepare_deepspeed(self, *args: Any) -> Any:
@@ -106,8 +109,13 @@ class BoundaryAwareAccelerator(Accelerator):
         if self.distributed_type == DistributedType.DEEPSPEED and compat.engine_partitions_gradients(model):
             yield
             return
-        with super().no_sync(model):
-            yield
+        self._no_sync_depth += 1
+        try:
+            with super().no_sync(model):
+                yield
+        finally:
+            self._no_sync_depth -= 1
+            self._restore_fsdp2_sync()
 
     # -- boundary -----------------------------------------------------------------------------------------
     def set_deepspeed_gradient_accumulation_boundary(self, is_boundary: bool | None) -> None:
@@ -125,6 +133,7 @@ class BoundaryAwareAccelerator(Accelerator):
         if self._boundary_override is False or previous is False:
             for model in self._ddp_models():
                 model.require_backward_grad_sync = self._boundary_override is not False
+            self._restore_fsdp2_sync()
 
     def _schedule_sync_gradients(self) -> bool:
         state = self.gradient_state
@@ -165,12 +174,34 @@ class BoundaryAwareAccelerator(Accelerator):
             self._last_boundary = wrapper.last_boundary
             return
         self._last_boundary = boundary
+        fsdp2 = self._fsdp2_models()
+        if explicit and fsdp2:
+            # FSDP2 reduces (or not) during backward, so an explicit boundary sets its sync for this backward: True
+            # reduces what no_sync() held back, False saves the communication; the context's setting comes back after.
+            for model in fsdp2:
+                model.set_requires_gradient_sync(boundary)
+            try:
+                super().backward(loss, **kwargs)
+            finally:
+                self._restore_fsdp2_sync()
+            return
         super().backward(loss, **kwargs)
         if boundary and explicit:
             self._all_reduce_unsynchronised_gradients()
 
     def _ddp_models(self) -> list[torch.nn.parallel.DistributedDataParallel]:
         return self._ddp_wrapped
+
+    def _fsdp2_models(self) -> list[torch.nn.Module]:
+        """Prepared FSDP2 (``fully_shard``) modules: they carry ``set_requires_gradient_sync``."""
+        return [m for m in getattr(self, "_models", []) if callable(getattr(m, "set_requires_gradient_sync", None))]
+
+    def _restore_fsdp2_sync(self) -> None:
+        """FSDP2's gradient sync as the context and the override say: off inside no_sync() or after an override
+        False, on otherwise."""
+        enabled = self._no_sync_depth == 0 and self._boundary_override is not False
+        for model in self._fsdp2_models():
+            model.set_requires_gradient_sync(enabled)
 
     def _all_reduce_unsynchronised_gradients(self) -> None:
         """An explicit boundary whose forward ran under ``no_sync`` (inside ``accumulate()`` off its schedule, the

@@ -148,7 +148,7 @@ def _micro_batch(s: _State, mb: MicroBatch, facts: Facts, g: int, clip: float | 
     # What no_sync() does: DDP holds back its all-reduce; DeepSpeed >= 0.16 enters engine.no_sync() at ZeRO 0/1
     # (a no-op context where the engine partitions gradients: accelerate #3656, and the reference on every version).
     engine_no_sync = no_sync and facts.deepspeed and facts.engine_no_sync and not facts.partitions_gradients
-    ddp_forward_syncs = facts.backend in ("ddp", "fsdp") and s.ddp_sync_enabled and not no_sync
+    ddp_forward_syncs = facts.backend == "ddp" and s.ddp_sync_enabled and not no_sync
 
     # §3 boundary resolution, first that applies: 1. the keyword (per call, never sticky); 2. the override;
     # 3. the schedule's sync_gradients, never a value reported for an earlier explicit boundary.
@@ -163,9 +163,14 @@ def _micro_batch(s: _State, mb: MicroBatch, facts: Facts, g: int, clip: float | 
     else:
         boundary = resolved
         reduces = None
-        if facts.backend in ("ddp", "fsdp") and facts.world_size > 1:
+        if facts.backend == "ddp" and facts.world_size > 1:
             # §3 the reference re-syncs only at an explicit boundary whose forward ran without sync.
             reduces = ddp_forward_syncs or (boundary and explicit is not None)
+            s.unreduced = False if reduces else True
+        elif facts.backend == "fsdp" and facts.world_size > 1:
+            # FSDP2 decides at backward: an explicit boundary sets the sync for its backward (True reduces what was
+            # held back, False holds this one back too); otherwise no_sync() and an override False hold it back.
+            reduces = explicit if explicit is not None else (s.ddp_sync_enabled and not no_sync)
             s.unreduced = False if reduces else True
         s.pending = True
         steps = False

@@ -21,6 +21,7 @@ from .program import AFTERS, CONTEXTS, NO_CALL, MicroBatch, Program
 BACKEND_FACTS = {
     "single": Facts("single", 1),
     "ddp": Facts("ddp", 2),
+    "fsdp": Facts("fsdp", 2),
     **{f"ds{stage}": Facts("deepspeed", 2, stage) for stage in range(4)},
 }
 EXPLORED_BACKENDS = tuple(BACKEND_FACTS)

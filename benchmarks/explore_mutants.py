@@ -1,0 +1,83 @@
+"""Every mutant of tests/mutants against the explorer: how many generated programs it takes (from an empty database,
+derandomized) until one is caught and shrunk, on the backends where the bug can show, within the CI budget.
+
+    python benchmarks/explore_mutants.py [--examples 150] [--out benchmarks/results/explore_mutants.json]
+
+Target (issue 15, never asserted in a test): every mutant caught within 150 programs per backend.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from harness.explore import explore  # noqa: E402
+from harness.results import write_atomic  # noqa: E402
+from harness.xfails import load  # noqa: E402
+
+GENERIC = ("single", "ddp", "ds0")
+DEEPSPEED = ("ds0", "ds1", "ds2", "ds3")
+# Where each mutant's bug can show (tried in order until one is caught); the rest: GENERIC.
+BACKENDS = {
+    "reduce_every_micro_batch": ("ds0", "ds1"),
+    "engine_step_every_backward": DEEPSPEED,
+    "raises_on_schedule_boundary": DEEPSPEED,
+    "doubled_third_step": DEEPSPEED,
+    "override_does_not_lift_no_sync": ("ds0", "ds1"),
+    "no_ddp_resync": ("ddp",),
+    "set_boundary_keeps_sync": ("ddp",),
+    "resyncs_user_no_sync": ("ddp",),
+    "resync_only_in_accumulate": ("ddp",),
+    "drops_backward_kwargs": DEEPSPEED,
+    "override_leaks": GENERIC,
+}
+
+
+def mutants() -> list[str]:
+    return sorted(p.stem for p in (REPO / "tests" / "mutants").glob("*.py") if p.stem != "__init__")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--examples", type=int, default=150)
+    parser.add_argument("--only", default=None, help="comma-separated mutant names")
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "explore_mutants.json"))
+    args = parser.parse_args()
+    xfails = load(REPO / "conformance" / "xfails" / "reference.txt")
+    chosen = args.only.split(",") if args.only else mutants()
+    rows = []
+    for mutant in chosen:
+        target = f"tests.mutants.{mutant}:Accelerator"
+        row = {"mutant": mutant, "caught": False, "tried": []}
+        for backend in BACKENDS.get(mutant, GENERIC):
+            started = time.perf_counter()
+            (exploration,) = explore(target, [backend], args.examples, None, xfails, None)
+            tried = {"backend": backend, "programs": exploration.examples,
+                     "seconds": round(time.perf_counter() - started, 1)}
+            row["tried"].append(tried)
+            if exploration.counterexamples:
+                found = exploration.counterexamples[0]
+                row |= {"caught": True, "backend": backend, "program": found.scenario.id,
+                        "micro_batches": len(found.scenario.program),
+                        "property": next(v.code for v in found.outcome.properties.values() if v.bad),
+                        "first_disagreement": found.first_disagreement[:300]}
+                break
+        rows.append(row)
+        where = f"on {row['backend']} by {row['property']} ({row['micro_batches']} micro-batches)" if row["caught"] \
+            else "NOT caught"
+        print(f"{mutant:32} {where} after {sum(t['programs'] for t in row['tried'])} programs, "
+              f"{sum(t['seconds'] for t in row['tried']):.0f} s", flush=True)
+    result = {"benchmark": "explore_mutants", "examples_per_backend": args.examples, "rows": rows,
+              "caught": sum(r["caught"] for r in rows), "mutants": len(rows)}
+    write_atomic(Path(args.out), json.dumps(result, indent=1) + "\n")
+    print(f"{result['caught']}/{result['mutants']} caught; wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
