@@ -171,7 +171,7 @@ def write_repro(runner: Runner, counterexample: Counterexample, directory: Path)
 
 
 def _default_facts(scenario: Scenario) -> dict:
-    from .programs.strategies import BACKEND_FACTS
+    from .programs.model import BACKEND_FACTS
     from .stack import accelerate_forwards_boundary
 
     facts = dict(vars(BACKEND_FACTS[scenario.backend]))

@@ -51,7 +51,7 @@ def test_ci_profile_covers_every_valid_pair() -> None:
 def test_quick_profile_spans_every_cpu_backend_and_api() -> None:
     quick = S.quick()
     assert len(quick) >= 40
-    assert {s.backend for s in quick} == {"single", "ddp", "ds0", "ds1", "ds2", "ds3"}
+    assert {s.backend for s in quick} == {"single", "ddp", "fsdp", "ds0", "ds1", "ds2", "ds3"}
     assert {s.api for s in quick} == set(S.QUICK_STYLES)
 
 

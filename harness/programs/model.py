@@ -43,6 +43,14 @@ class Facts:
         return self.deepspeed and (self.zero_stage or 0) >= 2
 
 
+BACKEND_FACTS = {
+    "single": Facts("single", 1),
+    "ddp": Facts("ddp", 2),
+    "fsdp": Facts("fsdp", 2),
+    **{f"ds{stage}": Facts("deepspeed", 2, stage) for stage in range(4)},
+}
+
+
 @dataclass(frozen=True)
 class MicroExpect:
     boundary: bool  # the resolved boundary of this micro-batch's backward

@@ -15,15 +15,9 @@ from dataclasses import replace
 from hypothesis import strategies as st
 
 from ..scenario import PROGRAM, Scenario
-from .model import Facts, InvalidProgram, expect
+from .model import BACKEND_FACTS, Facts, InvalidProgram, expect
 from .program import AFTERS, CONTEXTS, NO_CALL, MicroBatch, Program
 
-BACKEND_FACTS = {
-    "single": Facts("single", 1),
-    "ddp": Facts("ddp", 2),
-    "fsdp": Facts("fsdp", 2),
-    **{f"ds{stage}": Facts("deepspeed", 2, stage) for stage in range(4)},
-}
 EXPLORED_BACKENDS = tuple(BACKEND_FACTS)
 MAX_MICRO_BATCHES = 8
 

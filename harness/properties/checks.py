@@ -17,6 +17,9 @@ from ..trace import Trace
 # Against the float64 oracle at the run's own parameters (teacher-forced): gradients and losses carry one
 # micro-batch window of the precision's round-off. precision -> (rtol, atol, scaled by the tensor's largest |value|).
 GRADIENT_TOLERANCE = {"fp32": (1e-5, 1e-6, False), "bf16": (2e-2, 5e-3, True)}
+# bf16 gradients accumulated over n micro-batches in bf16 (DeepSpeed ZeRO 1/2 without offload) carry one rounding of
+# the running sum per micro-batch, 2**-8 of the tensor's scale each: windows longer than 5 get that much more.
+BF16_ROUNDING = 2.0**-8
 # The step itself, applied to the run's own parameters and gradients: only the optimizer's fp32 arithmetic differs
 # where the parameters are the weights the optimizer updates; bf16 copies (DeepSpeed ZeRO-0 bf16 exposes no fp32
 # master) carry bf16 rounding of the weights before and after: 2**-8 of each element, twice.
@@ -38,18 +41,23 @@ def not_recorded(scenario: Scenario, prop: str, where: str, what: str) -> Deviat
     return Deviation(scenario.id, prop, where, what, f"not recorded: {what}")
 
 
-def gradient_tolerance(scenario: Scenario) -> tuple[float, float, bool]:
-    return GRADIENT_TOLERANCE[scenario.precision]
+def gradient_tolerance(scenario: Scenario, accumulated: int = 1) -> tuple[float, float, bool]:
+    """(rtol, atol, tensor-scaled) for a gradient summed over ``accumulated`` micro-batches."""
+    rtol, atol, scaled = GRADIENT_TOLERANCE[scenario.precision]
+    if scenario.precision == "bf16":
+        rtol = max(rtol, accumulated * BF16_ROUNDING)
+    return rtol, atol, scaled
 
 
 def step_deviations(scenario: Scenario, prop: str, trace: Trace, local: OracleTrace, expectation: Expectation) -> list[Deviation]:
     """Teacher-forced, step by step: the gradients each step used against float64 at the run's parameters, and the
     parameters after it against the step applied in float64 to the run's parameters and gradients."""
-    rtol, atol, scaled = gradient_tolerance(scenario)
     rank = f"rank {trace.rank}"
     total = len(expectation.step_points)
+    windows = expectation.windows
     found = lengths(scenario, prop, rank, "optimizer steps", len(trace.steps), total)
     for k, (step, want) in enumerate(zip(trace.steps, local.steps)):
+        rtol, atol, scaled = gradient_tolerance(scenario, len(windows[k]))
         where = f"{rank} · {step_label(k, total)} (micro-batch {step.micro_step})"
         if step.grads is None:
             found.append(not_recorded(scenario, prop, where, "pre-clip gradients"))

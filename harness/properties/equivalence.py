@@ -14,8 +14,7 @@ BASELINE = "baseline"
 def _program_twin_matches(scenario: Scenario) -> bool:
     """A generated program whose explicit calls only restate the schedule: its untouched twin has the same steps,
     clipping, lr-scheduler steps and reductions under the model, on the installed stack."""
-    from ..programs.model import InvalidProgram, expect
-    from ..programs.strategies import BACKEND_FACTS
+    from ..programs.model import BACKEND_FACTS, InvalidProgram, expect
     from ..stack import accelerate_forwards_boundary
 
     if not scenario.program.uses_new_api or scenario.backend not in BACKEND_FACTS:

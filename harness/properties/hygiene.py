@@ -16,13 +16,15 @@ def _p8_judge(scenario: Scenario, evidence: Evidence) -> list[Deviation]:
     traces = evidence.traces()
     expectation = evidence.expectation()
     local = evidence.local()
-    rtol, atol, scaled = gradient_tolerance(scenario)
+    steps = expectation.step_points
+    left = len(expectation.micro_batches) - (steps[-1] + 1 if steps else 0)
     name = P8.name
     found: list[Deviation] = []
     for trace in traces:
         rank = f"rank {trace.rank}"
         where = f"{rank} · after the program" + (
             f" (+ micro-batch {trace.leftover_probe} at a boundary, unstepped)" if trace.leftover_probe is not None else "")
+        rtol, atol, scaled = gradient_tolerance(scenario, left + (trace.leftover_probe is not None))
         if trace.leftover_grads is None:
             found.append(not_recorded(scenario, name, where, "the gradients left behind"))
         elif not local.leftover:
