@@ -54,3 +54,18 @@ def window_tokens(model: str, seed: int, rank: int, window: range, size: int) ->
 def cast(batch: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
     """Floating tensors to ``dtype`` (the oracle's float64); token ids and masks stay integers."""
     return {k: v.to(dtype) if v.is_floating_point() else v for k, v in batch.items()}
+
+
+def global_window_tokens(model: str, seed: int, world_size: int, window: range, size: int) -> int:
+    """Loss tokens of a window summed over every rank: the transformers Trainer's ``num_items_in_batch`` (gathered
+    across devices, ``average_tokens_across_devices``)."""
+    return sum(window_tokens(model, seed, rank, window, size) for rank in range(world_size))
+
+
+def sample_for_global_index(model: str, seed: int, world_size: int, size: int, index: int) -> dict[str, torch.Tensor]:
+    """The sample a prepared, sharded DataLoader over one global, sequential dataset hands out at ``index``: global
+    batch j of ``size`` samples goes to rank j % world, so rank r's micro-batch m holds its own stream's samples
+    m·size … m·size+size−1, the data every other style trains on."""
+    batch, offset = divmod(index, size)
+    micro, rank = divmod(batch, world_size)
+    return _sample(model, seed, rank, micro * size + offset)

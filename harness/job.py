@@ -125,7 +125,7 @@ def leftover_gradients(run: loops.Run, scenario: Scenario) -> tuple[Tensors | No
     return full_gradients(accelerator, model, scenario), probe
 
 
-def _release(accelerator: Any, model: Any) -> None:
+def release(accelerator: Any, model: Any) -> None:
     """What ``accelerator.free_memory()`` does between scenarios, without its ``gc.collect()`` (a quarter of a ZeRO-3
     job's time, measured; the world freezes what survives the first job of each backend instead): the engine's hooks
     removed (``engine.destroy()``, before the next scenario builds one) and the accelerator's references dropped."""
@@ -207,10 +207,10 @@ def run(scenario: Scenario, target: str, rank: int, count_collectives: bool = Fa
     accelerator_cls = load_target(target)
     if scenario.zero_stage == 3:
         _quick_zero3_defragment()
-    if scenario.is_client:
+    if scenario.is_client or scenario.api == "trainer":
         from . import clients
 
-        return clients.run(scenario, accelerator_cls, rank)
+        return clients.run(scenario, accelerator_cls, rank, count_collectives and scenario.world_size > 1)
     with warnings.catch_warnings(record=True) as caught, _probe(probe, scenario) as overrides:
         warnings.simplefilter("always")
         accelerator, model, optimizer, scheduler = backends.build(scenario, accelerator_cls, overrides)
@@ -242,7 +242,7 @@ def run(scenario: Scenario, target: str, rank: int, count_collectives: bool = Fa
             trace.final_params, _ = full_parameters(accelerator, model, scenario)
             trace.leftover_grads, trace.leftover_probe = leftover_gradients(session, scenario)
         finally:
-            _release(accelerator, model)
+            release(accelerator, model)
     trace.warnings = sorted({f"{w.category.__name__}: {w.message}" for w in caught
                              if not issubclass(w.category, (DeprecationWarning, FutureWarning))})
     return trace

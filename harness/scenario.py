@@ -33,8 +33,9 @@ MODELS = ("mlp", "gpt2")
 # engine / accelerate divide it by G); ``tokens`` = the token-level sum divided by the rank's token count of the
 # whole window, passed with ``backward(loss, scale_wrt_gas=False)`` (DeepSpeed; transformers #34191, #35808).
 # ``user`` = the model's mean loss divided by G by the user, passed with ``scale_wrt_gas=False`` (the same mathematics
-# as ``mean``; what a mutant that drops backward keywords breaks).
-LOSS_NORMS = ("mean", "tokens", "user")
+# as ``mean``; what a mutant that drops backward keywords breaks). ``trainer`` = the transformers Trainer's own: each
+# micro-batch's token-loss sum over the window's tokens of every rank (``num_items_in_batch``), times the world size.
+LOSS_NORMS = ("mean", "tokens", "user", "trainer")
 # The learning rate: constant, or a linear warm-up over 4 scheduler steps (LambdaLR), prepared by accelerate, so that
 # "step counts and lr schedule follow" (P4) is measured: accelerate's scheduler wrapper steps num_processes times per
 # optimizer step, DeepSpeed's engine once per boundary.
@@ -264,6 +265,12 @@ def invalid_reason(s: Scenario) -> str | None:
         return "api 'ddp_native' is the seed's no_sync() code off DeepSpeed (ds_native is its DeepSpeed twin)"
     if s.api == "legacy" and not s.is_uniform:
         return "api 'legacy' (the engine's own counter) can only produce uniform windows"
+    if (s.api == "trainer") != (s.loss_norm == "trainer"):
+        return "the transformers Trainer (api 'trainer') normalises the loss its own way (loss_norm 'trainer')"
+    if s.api == "trainer" and (s.model != "gpt2" or s.backend == "fsdp" or s.optimizer != "sgd"
+                               or not s.is_uniform or s.lr_schedule != "const"):
+        return ("api 'trainer' runs the tiny GPT-2 with SGD (the Trainer exempts biases and norms from AdamW's decay) on "
+                "uniform windows, off FSDP (the Trainer builds its own accelerator: the CPU arrangement cannot reach it)")
     if s.loss_norm == "tokens" and (s.model != "gpt2" or not s.is_deepspeed):
         return "loss_norm 'tokens' is a token-level loss (gpt2) passed with DeepSpeed's scale_wrt_gas=False"
     return None
@@ -375,10 +382,15 @@ PROFILE_BUILDERS: dict[str, Callable[..., list[Scenario]]] = {"quick": quick, "c
 
 
 def clients(backends: Iterable[str] = BACKENDS) -> list[Scenario]:
-    """Every client program on every backend it runs on (accelerate's test_sync.py: one process and 2 ranks)."""
+    """Every client program on every backend it runs on: accelerate's test_sync.py (one process and 2 ranks) and the
+    transformers Trainer (every backend but FSDP, with and without clipping)."""
     keep = set(backends)
-    return [Scenario(backend, api, CLIENT, world_size=1 if backend == "single" else 2)
-            for api in CLIENT_STYLES for backend in ("single", "ddp") if backend in keep]
+    out = [Scenario(backend, api, CLIENT, world_size=1 if backend == "single" else 2)
+           for api in CLIENT_STYLES for backend in ("single", "ddp") if backend in keep]
+    out += [Scenario(backend, "trainer", "uni4", model="gpt2", loss_norm="trainer", clip=clip,
+                     world_size=1 if backend == "single" else 2)
+            for backend in BACKENDS if backend in keep and backend != "fsdp" for clip in (1.0, None)]
+    return out
 
 
 def profile(name: str, backends: Iterable[str] = BACKENDS) -> list[Scenario]:

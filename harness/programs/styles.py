@@ -60,6 +60,13 @@ def _set_boundary_hold(is_final: bool, finds: bool) -> MicroBatch:
     return MicroBatch(set_boundary=None if is_final else False, after="clip_step")
 
 
+def _trainer(is_final: bool, finds: bool) -> MicroBatch:
+    """What the transformers Trainer's loop amounts to (it sets sync_gradients itself, every G-th micro-batch, holds
+    the all-reduce back with no_sync() off DeepSpeed, clips, steps and zeroes at the boundary): run by the Trainer
+    itself (harness/clients.py); this program is its expectation."""
+    return MicroBatch(context="accumulate", after="clip_step" if is_final else "none")
+
+
 STYLES: dict[str, Style] = {
     "auto": _auto,
     "kwarg": _kwarg,
@@ -70,6 +77,7 @@ STYLES: dict[str, Style] = {
     "ddp_native": _ddp_native,
     "kwarg_hold": _kwarg_hold,
     "set_boundary_hold": _set_boundary_hold,
+    "trainer": _trainer,
 }
 
 

@@ -35,7 +35,7 @@ def _p1_applies(scenario: Scenario, target: str) -> bool:
     """Any style but accumulate() itself, on windows accumulate() finds on its own (uniform, or a DataLoader that
     ends mid-window), where the style means the same windows (legacy follows the installed accelerate instead) and
     the same lr schedule (the raw engine loop never steps accelerate's scheduler)."""
-    return (scenario.api not in ("auto", "legacy", "program") and scenario.accumulate_finds_boundaries
+    return (scenario.api not in ("auto", "legacy", "program", "trainer") and scenario.accumulate_finds_boundaries
             and scenario.loss_norm == "mean" and not (scenario.api == "ds_native" and scenario.lr_schedule != "const"))
 
 
