@@ -36,7 +36,7 @@ class Run:
         self.accelerator, self.model, self.optimizer, self.scheduler = accelerator, model, optimizer, scheduler
         self.scenario, self.rank, self.trace = scenario, rank, trace
         # Keyword arguments of every backward: they must reach the engine (transformers #35808 relies on it).
-        self.backward_kwargs: dict[str, Any] = {"scale_wrt_gas": False} if scenario.loss_norm != "mean" else {}
+        self.backward_kwargs: dict[str, Any] = {"scale_wrt_gas": False} if scenario.loss_norm in ("tokens", "user") else {}
         self._window_of = [range(end - w, end) for end, w in zip(accumulate(scenario.windows), scenario.windows)
                            for _ in range(w)]
 
@@ -54,6 +54,8 @@ class Run:
         if s.loss_norm == "tokens":
             tokens = window_tokens(s.model, s.seed, self.rank, self._window_of[index], s.micro_batch_size)
             loss = forward_token_loss_sum(self.model, batch) / tokens
+        elif s.loss_norm == "innermodule":  # an auxiliary branch through the inner module: the same function
+            loss = 0.5 * (forward_loss(self.model, batch) + forward_loss(self.model.module, batch))
         else:
             loss = forward_loss(self.model, batch)
         self.trace.losses.append(float(loss.detach().float()))

@@ -18,7 +18,7 @@ import pytest
 
 from .scenario import PROFILES, Scenario
 
-ZERO_MARKERS = {f"ds{n}": f"zero{n}" for n in range(4)} | {"ds2off": "zero2", "ds3off": "zero3"}
+ZERO_MARKERS = {f"ds{n}": f"zero{n}" for n in range(4)} | {"ds1off": "zero1", "ds2off": "zero2", "ds3off": "zero3"}
 
 
 def accumgate_property(code: str) -> pytest.MarkDecorator:

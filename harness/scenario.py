@@ -14,7 +14,7 @@ from .programs.program import Program
 from .programs.styles import STYLES, program_of
 
 # Axis values. ``*off`` backends offload the optimizer state to CPU (ZeRO-Offload).
-BACKENDS = ("single", "ddp", "fsdp", "ds0", "ds1", "ds2", "ds3", "ds2off", "ds3off")
+BACKENDS = ("single", "ddp", "fsdp", "ds0", "ds1", "ds2", "ds3", "ds1off", "ds2off", "ds3off")
 API_STYLES = tuple(STYLES)
 MANUAL_API_STYLES = ("kwarg", "set_boundary", "step_and_zero_grad")
 # Styles whose code uses none of the new API: they must give the installed upstream's bytes (P3).
@@ -35,7 +35,9 @@ MODELS = ("mlp", "gpt2")
 # ``user`` = the model's mean loss divided by G by the user, passed with ``scale_wrt_gas=False`` (the same mathematics
 # as ``mean``; what a mutant that drops backward keywords breaks). ``trainer`` = the transformers Trainer's own: each
 # micro-batch's token-loss sum over the window's tokens of every rank (``num_items_in_batch``), times the world size.
-LOSS_NORMS = ("mean", "tokens", "user", "trainer")
+# ``innermodule`` = half the mean loss through the engine's forward, half through ``engine.module``'s (an
+# auxiliary loss through the inner module: deepspeed #8224 scaled only the engine's half by 1/G).
+LOSS_NORMS = ("mean", "tokens", "user", "trainer", "innermodule")
 # The learning rate: constant, or a linear warm-up over 4 scheduler steps (LambdaLR), prepared by accelerate, so that
 # "step counts and lr schedule follow" (P4) is measured: accelerate's scheduler wrapper steps num_processes times per
 # optimizer step, DeepSpeed's engine once per boundary.
@@ -257,6 +259,8 @@ def invalid_reason(s: Scenario) -> str | None:
         return f"backend {s.backend!r} needs world size 2"
     if s.loss_norm == "user" and not s.is_deepspeed:
         return "loss_norm 'user' passes DeepSpeed's scale_wrt_gas=False"
+    if s.loss_norm == "innermodule" and (not s.is_deepspeed or s.model != "mlp" or s.api in ("trainer",)):
+        return "loss_norm 'innermodule' runs half the forward through the DeepSpeed engine's inner module (MLP)"
     if s.api == PROGRAM:
         return None
     if s.api in ("ds_native", "legacy") and not s.backend.startswith("ds"):
@@ -390,6 +394,9 @@ def clients(backends: Iterable[str] = BACKENDS) -> list[Scenario]:
     out += [Scenario(backend, "trainer", "uni4", model="gpt2", loss_norm="trainer", clip=clip,
                      world_size=1 if backend == "single" else 2)
             for backend in BACKENDS if backend in keep and backend != "fsdp" for clip in (1.0, None)]
+    # A loss with a branch through the engine's inner module (deepspeed #8224), on every DeepSpeed backend.
+    out += [Scenario(backend, api, "uni4", loss_norm="innermodule")
+            for backend in BACKENDS if backend in keep and backend.startswith("ds") for api in ("auto", "kwarg")]
     return out
 
 
