@@ -64,6 +64,7 @@ def main() -> int:
                 found = exploration.counterexamples[0]
                 row |= {"caught": True, "backend": backend, "program": found.scenario.id,
                         "micro_batches": len(found.scenario.program),
+                        "scenario": found.scenario.to_json(),
                         "property": next(v.code for v in found.outcome.properties.values() if v.bad),
                         "first_disagreement": found.first_disagreement[:300]}
                 break
@@ -72,9 +73,14 @@ def main() -> int:
             else "NOT caught"
         print(f"{mutant:32} {where} after {sum(t['programs'] for t in row['tried'])} programs, "
               f"{sum(t['seconds'] for t in row['tried']):.0f} s", flush=True)
+    out = Path(args.out)
+    if args.only and out.exists():  # a partial run refreshes its rows in the full table
+        fresh = {r["mutant"] for r in rows}
+        rows = sorted([r for r in json.loads(out.read_text())["rows"] if r["mutant"] not in fresh] + rows,
+                      key=lambda r: r["mutant"])
     result = {"benchmark": "explore_mutants", "examples_per_backend": args.examples, "rows": rows,
               "caught": sum(r["caught"] for r in rows), "mutants": len(rows)}
-    write_atomic(Path(args.out), json.dumps(result, indent=1) + "\n")
+    write_atomic(out, json.dumps(result, indent=1) + "\n")
     print(f"{result['caught']}/{result['mutants']} caught; wrote {args.out}")
     return 0
 
