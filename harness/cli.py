@@ -277,6 +277,13 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         _print_replay_table(bugs, rows)
         return EXIT_OK
     backends = [b.strip() for b in args.backends.split(",")] if args.backends else None
+    if args.bugs:
+        import fnmatch
+
+        patterns = [p.strip() for p in args.bugs.split(",")]
+        bugs = [bug for bug in bugs if any(fnmatch.fnmatchcase(bug.id, p) for p in patterns)]
+        if not bugs:
+            raise UsageError(f"--bugs {args.bugs!r} names no catalogue entry")
     rows = replay.replay(bugs, backends=backends, job_timeout_s=args.timeout)
     for row in rows:
         print(f"{row.bug:28} {row.scenario:45} {row.role:8} {row.outcome:11} {row.verdict:22} {row.shows}")
@@ -327,6 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
     replay = commands.add_parser("replay", help="run the known-bug catalogue on the installed versions (or tabulate runs)")
     replay.add_argument("--catalogue", default=None, metavar="TOML", help="default: conformance/known_bugs.toml")
     replay.add_argument("--backends", default=None, metavar="B1,B2", help="only bugs whose scenarios use these backends")
+    replay.add_argument("--bugs", default=None, metavar="ID1,ID2",
+                        help="only these catalogue entries (ids or globs: 'transformers#*')")
     replay.add_argument("--out", default=None, metavar="DIR", help="write replay.json here")
     replay.add_argument("--timeout", type=float, default=120.0, metavar="S", help="per-scenario timeout (default 120 s)")
     replay.add_argument("--table", nargs="+", default=None, metavar="DIR",

@@ -93,7 +93,11 @@ def trainer(scenario: Scenario, accelerator_cls: Any, rank: int, count_collectiv
             return s.micro_batches * size * world
 
         def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-            return sample_for_global_index(s.model, s.seed, world, size, index)
+            sample = sample_for_global_index(s.model, s.seed, world, size, index)
+            if s.loss_norm == "trainermask0":  # never a target after the shift: same loss, same oracle
+                sample = dict(sample, labels=sample["labels"].clone())
+                sample["labels"][0] = -100
+            return sample
 
     ds_config = None
     if s.is_deepspeed:
@@ -133,12 +137,29 @@ def trainer(scenario: Scenario, accelerator_cls: Any, rank: int, count_collectiv
 
             accelerator.backward = backward
 
+    # Older transformers (4.4x): no train_sampling_strategy field (a SequentialSampler through _get_train_sampler
+    # instead) and average_tokens_across_devices defaulting to False (set True: the oracle's normalisation).
+    import dataclasses
+
+    fields = {f.name for f in dataclasses.fields(TrainingArguments)}
+    compat: dict[str, Any] = {}
+    trainer_cls = Trainer
+    if "train_sampling_strategy" in fields:
+        compat["train_sampling_strategy"] = "sequential"
+    else:
+        class SequentialTrainer(Trainer):
+            def _get_train_sampler(self, *args: Any, **kwargs: Any) -> Any:
+                return torch.utils.data.SequentialSampler(self.train_dataset)
+
+        trainer_cls = SequentialTrainer
+    if "average_tokens_across_devices" in fields:
+        compat["average_tokens_across_devices"] = True
     with tempfile.TemporaryDirectory() as output:
         args = TrainingArguments(
             output_dir=output, use_cpu=not s.is_deepspeed, deepspeed=ds_config, per_device_train_batch_size=size,
             gradient_accumulation_steps=s.configured_g, max_steps=len(s.windows), learning_rate=LEARNING_RATES["sgd"],
             optim="sgd", lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
-            max_grad_norm=0.0 if s.clip is None else s.clip, train_sampling_strategy="sequential",
+            max_grad_norm=0.0 if s.clip is None else s.clip, **compat,
             save_strategy="no", report_to="none", logging_strategy="no", disable_tqdm=True, log_level="error",
             seed=s.seed, data_seed=s.seed, dataloader_pin_memory=False,
             # The world's own PartialState (gloo, its ranks): re-created by the Trainer without a backend, it would
@@ -147,8 +168,8 @@ def trainer(scenario: Scenario, accelerator_cls: Any, rank: int, count_collectiv
         original = trainer_module.Accelerator
         trainer_module.Accelerator = accelerator_cls
         try:
-            state["trainer"] = Trainer(model=build_model(s.model, s.seed), args=args, train_dataset=Samples(),
-                                       callbacks=[Recording()])
+            state["trainer"] = trainer_cls(model=build_model(s.model, s.seed), args=args, train_dataset=Samples(),
+                                           callbacks=[Recording()])
         finally:
             trainer_module.Accelerator = original
         for noisy in (PrinterCallback, ProgressCallback):

@@ -108,10 +108,21 @@ def full_gradients(accelerator: Any, model: Any, scenario: Scenario) -> Tensors 
 
 def leftover_gradients(run: loops.Run, scenario: Scenario) -> tuple[Tensors | None, int | None]:
     """The gradients the program leaves behind (P8). Where they sit on ``.grad`` they are read as they are (zeros
-    when cleared); at ZeRO 1-3 they live in the engine's partitions, readable only right after a backward: one
+    when cleared); on FSDP2 and at ZeRO 1-3 they live in the engine's partitions, readable only right after a backward: one
     more micro-batch (the next sample) runs at a boundary on the raw engine, unstepped, and the full gradients are
     read then: the leftover plus that micro-batch's own."""
     accelerator, model = run.accelerator, run.model
+    if scenario.backend == "fsdp":
+        # FSDP2 keeps what a backward without gradient sync accumulated in its unsharded parameters, out of .grad's
+        # reach (read there it is zero, measured): one more micro-batch with sync on reduces it into .grad, as the
+        # ZeRO probe below does, and the oracle expects the same (the leftover plus that micro-batch, averaged).
+        from .models import forward_loss
+
+        probe = len(scenario.program)
+        model.set_requires_gradient_sync(True)
+        (forward_loss(model, run.batch(probe)) / scenario.configured_g).backward()
+        named = _named_parameters(accelerator, model)
+        return {name: (torch.zeros(tuple(p.shape)) if p.grad is None else _full(p.grad)) for name, p in named}, probe
     if not (scenario.is_deepspeed and scenario.zero_stage):
         named = _named_parameters(accelerator, model)
         return {name: (torch.zeros(tuple(p.shape)) if p.grad is None else _full(p.grad)) for name, p in named}, None

@@ -87,7 +87,7 @@ class Run:
     def after_backward(self) -> None:
         self.trace.sync_gradients.append(bool(self.accelerator.sync_gradients))
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-        self.trace.grad_digests.append(float(sum(g.double().sum() for g in grads)) if grads else None)
+        self.trace.grad_digests.append(float(sum(_local(g).double().sum() for g in grads)) if grads else None)
 
     def step(self, clip: bool) -> None:
         """The standard accelerate idiom: the optimizer wrapper skips step/zero_grad off-boundary."""
@@ -136,6 +136,14 @@ def run_micro_batch(run: Run, index: int, mb: MicroBatch) -> None:
             run.step(clip=True)
         elif mb.after == "step_and_zero_grad":
             run.step_and_zero_grad(index)
+
+
+def _local(grad: torch.Tensor) -> torch.Tensor:
+    """A rank's own gradient: an FSDP2 (DTensor) gradient's local shard. Summing the DTensor itself would run an
+    all-reduce inside the micro-batch whose collectives P7 counts (it did: every FSDP2 backward after the first
+    showed a reduction that was the harness's own)."""
+    to_local = getattr(grad, "to_local", None)
+    return to_local() if callable(to_local) else grad
 
 
 def _count_collectives(profile: Any) -> dict[str, int]:

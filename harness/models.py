@@ -6,7 +6,8 @@ padded, variable-length sequences. Dropout is off: every rank and the oracle com
 """
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+from typing import Any, Iterator
 
 import torch
 
@@ -46,16 +47,31 @@ def build_model(name: str, seed: int) -> torch.nn.Module:
         return builders[name]()
 
 
+@contextlib.contextmanager
+def _float64_default(model: Any) -> Iterator[None]:
+    """transformers 4.4x builds GPT-2's causal mask with torch.full(..., finfo(float64).min) in the default dtype,
+    which overflows float32: a float64 model's forward runs with float64 as the default dtype."""
+    default = torch.get_default_dtype()
+    if next(model.parameters()).dtype == torch.float64:
+        torch.set_default_dtype(torch.float64)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(default)
+
+
 def forward_loss(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """The micro-batch loss a user would backpropagate: MSE for the MLP, token-mean cross-entropy for GPT-2."""
     if "inputs" in batch:
         return torch.nn.functional.mse_loss(model(batch["inputs"]), batch["targets"])
-    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
+    with _float64_default(model):
+        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
 
 
 def forward_token_loss_sum(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """GPT-2's causal-LM cross-entropy summed over the counted tokens (the user divides by the window's count)."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    with _float64_default(model):
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     shifted = logits[:, :-1, :].float() if logits.dtype == torch.bfloat16 else logits[:, :-1, :]
     return torch.nn.functional.cross_entropy(shifted.reshape(-1, shifted.shape[-1]),
                                              batch["labels"][:, 1:].reshape(-1), ignore_index=-100, reduction="sum")

@@ -24,7 +24,7 @@ from .backends import build_optimizer, warmup
 from .data import cast, global_window_tokens, micro_batch, window_tokens
 from .models import build_model, forward_loss, forward_token_loss_sum
 from .programs.model import Expectation
-from .scenario import Scenario
+from .scenario import TRAINER_NORMS, Scenario
 from .trace import Tensors, Trace
 
 
@@ -75,7 +75,7 @@ class _Float64Run:
         Beyond the program (the P8 probe micro-batch) the plain mean loss scaled by the engine."""
         s = self.s
         batch = cast(micro_batch(s.model, s.seed, rank, index, s.micro_batch_size), torch.float64)
-        if s.loss_norm == "trainer" and index < len(self._window_of):
+        if s.loss_norm in TRAINER_NORMS and index < len(self._window_of):
             loss = s.world_size * forward_token_loss_sum(self.model, batch) / global_window_tokens(
                 s.model, s.seed, s.world_size, self._window_of[index], s.micro_batch_size)
             return loss, loss

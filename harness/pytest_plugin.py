@@ -46,11 +46,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "accumgate(code): the test of one property over generated scenarios")
-    from .scenario import API_STYLES, BACKENDS, MODELS, PRECISIONS
-
-    names = {"world", "offload", *ZERO_MARKERS.values(), *BACKENDS, *PRECISIONS, *MODELS,
-             *(api.replace("_", "") for api in API_STYLES)}
-    for name in sorted(names):
+    for name in sorted(registered_markers()):
         config.addinivalue_line("markers", f"{name}: scenario axis marker added by the accumgate plugin")
     from .targets import TargetError, target_path
     from .xfails import XfailsError, load
@@ -119,13 +115,26 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         scenario = getattr(getattr(item, "callspec", None), "params", {}).get("scenario")
         if not isinstance(scenario, Scenario):
             continue
-        names = {"world", scenario.backend, scenario.api.replace("_", ""), scenario.precision, scenario.model}
-        if scenario.backend in ZERO_MARKERS:
-            names.add(ZERO_MARKERS[scenario.backend])
-        if scenario.offload:
-            names.add("offload")
-        for name in names:
+        for name in markers_of(scenario):
             item.add_marker(getattr(pytest.mark, name))
+
+
+def registered_markers() -> set[str]:
+    """Every axis marker the plugin may add (registered, so that --strict-markers accepts them)."""
+    from .scenario import API_STYLES, BACKENDS, CLIENT_STYLES, MODELS, PRECISIONS, PROGRAM
+
+    return {"world", "offload", *ZERO_MARKERS.values(), *BACKENDS, *PRECISIONS, *MODELS,
+            *(api.replace("_", "") for api in (*API_STYLES, *CLIENT_STYLES, PROGRAM))}
+
+
+def markers_of(scenario: Scenario) -> set[str]:
+    """A scenario's markers: ``-m zero3``, ``-m "ddp and setboundary"``, ``-m offload``."""
+    names = {"world", scenario.backend, scenario.api.replace("_", ""), scenario.precision, scenario.model}
+    if scenario.backend in ZERO_MARKERS:
+        names.add(ZERO_MARKERS[scenario.backend])
+    if scenario.offload:
+        names.add("offload")
+    return names
 
 
 _SESSION: dict[str, object] = {}

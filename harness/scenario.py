@@ -37,7 +37,12 @@ MODELS = ("mlp", "gpt2")
 # micro-batch's token-loss sum over the window's tokens of every rank (``num_items_in_batch``), times the world size.
 # ``innermodule`` = half the mean loss through the engine's forward, half through ``engine.module``'s (an
 # auxiliary loss through the inner module: deepspeed #8224 scaled only the engine's half by 1/G).
-LOSS_NORMS = ("mean", "tokens", "user", "trainer", "innermodule")
+LOSS_NORMS = ("mean", "tokens", "user", "trainer", "trainermask0", "innermodule")
+# The Trainer's own normalisation (api 'trainer'); 'trainermask0': the same on labels whose position 0 is -100. That
+# position is never a target after the causal shift, so the loss and gradients are the same; only a Trainer that counts
+# the tokens before the shift (transformers before #46204) counts differently, so the variant isolates the G-scaling
+# threads (#35808, #45305) from the token-count one on the versions that have both.
+TRAINER_NORMS = ("trainer", "trainermask0")
 # The learning rate: constant, or a linear warm-up over 4 scheduler steps (LambdaLR), prepared by accelerate, so that
 # "step counts and lr schedule follow" (P4) is measured: accelerate's scheduler wrapper steps num_processes times per
 # optimizer step, DeepSpeed's engine once per boundary.
@@ -269,7 +274,7 @@ def invalid_reason(s: Scenario) -> str | None:
         return "api 'ddp_native' is the seed's no_sync() code off DeepSpeed (ds_native is its DeepSpeed twin)"
     if s.api == "legacy" and not s.is_uniform:
         return "api 'legacy' (the engine's own counter) can only produce uniform windows"
-    if (s.api == "trainer") != (s.loss_norm == "trainer"):
+    if (s.api == "trainer") != (s.loss_norm in TRAINER_NORMS):
         return "the transformers Trainer (api 'trainer') normalises the loss its own way (loss_norm 'trainer')"
     if s.api == "trainer" and (s.model != "gpt2" or s.backend == "fsdp" or s.optimizer != "sgd"
                                or not s.is_uniform or s.lr_schedule != "const"):

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import pytest
 
+from harness.programs.program import NO_CALL, MicroBatch, Program
 from harness.runner import Runner, WorldPool
-from harness.scenario import Scenario
+from harness.scenario import PROGRAM, Scenario
 from harness.targets import load_target
 from tests.contract import CHECKS
 
@@ -75,6 +76,28 @@ WORLD_CATCHES = [
 ]
 
 
+def _program(backend: str, g: int, *micro_batches: MicroBatch) -> Scenario:
+    return Scenario(backend, PROGRAM, f"g{g}", world_size=1 if backend == "single" else 2,
+                    generated=Program(tuple(micro_batches)))
+
+
+# Mutants written against programs: bugs no named API style reaches, each with the minimal program the explorer
+# shrank it to from an empty database (benchmarks/results/explore_mutants.json) and the property that caught it.
+PROGRAM_CATCHES = [
+    ("accumulate_clears_override",
+     _program("single", 2, MicroBatch(set_boundary=True, context="accumulate")), "P4"),
+    ("default_true_outside_accumulate",
+     _program("single", 2, MicroBatch(context="accumulate"), MicroBatch(set_boundary=None)), "P4"),
+    ("keyword_clears_override",
+     _program("single", 2, MicroBatch(context="accumulate"), MicroBatch(set_boundary=True, backward=True),
+              MicroBatch(set_boundary=NO_CALL)), "P4"),
+    ("override_does_not_lift_no_sync",
+     _program("ds0", 3, MicroBatch(set_boundary=True, context="accumulate", backward=False), MicroBatch()), "P9"),
+    ("resync_only_in_accumulate",
+     _program("ddp", 1, MicroBatch(context="no_sync", backward=True, after="step")), "P5"),
+]
+
+
 @pytest.fixture(scope="module")
 def pool():
     pool = WorldPool()
@@ -93,6 +116,17 @@ def test_each_property_catches_its_mutant(pool, mutant: str, scenario: Scenario,
     if "third_step" in mutant:  # seen where it happens, not only at the first step
         assert any("step 3 of" in d["where"] or "step 4 of" in d["where"] or "optimizer steps" in d["tensor"]
                    for d in verdict.deviations), verdict.deviations
+
+
+@pytest.mark.world
+@pytest.mark.parametrize(("mutant", "scenario", "code"), PROGRAM_CATCHES,
+                         ids=[f"{m}-{s.id}-{c}" for m, s, c in PROGRAM_CATCHES])
+def test_shrunk_program_catches_its_mutant(pool, mutant: str, scenario: Scenario, code: str) -> None:
+    assert Runner("reference", pool=pool).verdict(scenario, code).outcome == "pass", \
+        f"the reference itself fails {code} on {scenario.id}: the program does not single out {mutant}"
+    verdict = Runner(target(mutant), pool=pool).verdict(scenario, code)
+    assert verdict.outcome in ("fail", "error"), f"{mutant} went unnoticed by {code} on {scenario.id}: " \
+                                                 f"{verdict.outcome} {verdict.reason or ''}"
 
 
 def test_every_property_has_a_mutant() -> None:

@@ -69,3 +69,13 @@ def test_boundaries_follow_the_windows() -> None:
     s = S.Scenario("ds2", "kwarg", "forced4264")
     assert s.boundaries == [3, 5, 11, 15] and s.micro_batches == 16 and not s.is_uniform
     assert S.Scenario("ds2", "kwarg", "g1win4").configured_g == 1
+
+
+def test_every_marker_a_scenario_gets_is_registered() -> None:
+    """pytest runs with --strict-markers: an axis value without a registered marker stops collection (it did, for the
+    client programs, on the single and ddp envs)."""
+    from harness.pytest_plugin import markers_of, registered_markers
+
+    every = S.pairwise() + S.quick() + S.clients()
+    missing = {name for s in every for name in markers_of(s)} - registered_markers()
+    assert not missing, f"markers added but not registered: {sorted(missing)}"
