@@ -91,11 +91,13 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     marker = metafunc.definition.get_closest_marker("accumgate")
     if marker is None or "scenario" not in metafunc.fixturenames:
         return
-    from .properties import REGISTRY
+    from .properties import REGISTRY, applicable
 
     prop = REGISTRY[marker.kwargs["code"]]
     target = metafunc.config.getoption("accumgate_target")
-    metafunc.parametrize("scenario", [s for s in _profile(metafunc.config) if prop.applies(s, target)], ids=str)
+    # The runner's own rule (client programs only for the properties that judge clients): the CLI and pytest
+    # must give the same verdicts, on the same (scenario, property) pairs.
+    metafunc.parametrize("scenario", [s for s in _profile(metafunc.config) if prop in applicable(s, target)], ids=str)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -87,8 +87,9 @@ class Runner:
         key = _RunKey(need.scenario, need.target or self.target, need.probe, need.after)
         if key not in self._jobs:
             started = time.perf_counter()
-            # The profiler that counts collectives triples a job's time: only where P7 judges the counts.
-            counting = (self.count_collectives and need.probe is None and need.after is None
+            # Counting collectives costs the profiler's time: only the subject run where P7 judges the counts (not
+            # upstream's run, which P3 compares by its bytes).
+            counting = (self.count_collectives and need.probe is None and need.after is None and key.target == self.target
                         and communication_applies(need.scenario))
             if need.after is not None:
                 self.pool.run(need.after, key.target)
