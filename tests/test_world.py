@@ -121,6 +121,10 @@ def test_the_external_launcher_worker_turns_a_rank_failure_into_an_error_outcome
     results = json.loads((tmp_path / "results.json").read_text())
     first, second = results["scenarios"]
     assert first["outcome"] == "error" and "injected fault on rank 1" in first["errors"]["1"], first["errors"]
-    assert "Connection closed by peer" in first["errors"]["0"], "rank 0 was released by its peer, not a timeout"
+    # Released by its peer's end, not by the process group's 300 s timeout: gloo words it "Connection closed by
+    # peer" or, when the socket is reset first (seen under CI load), "Read error ... Connection reset".
+    released = first["errors"]["0"]
+    assert "Read timeout" not in released and any(
+        text in released for text in ("Connection closed by peer", "Connection reset", "Read error")), released[-800:]
     assert second["outcome"] == "error" and "not run" in second["errors"]["0"]
     assert done.returncode != 0 and elapsed < 120, (done.returncode, elapsed, done.stderr[-2000:])

@@ -49,13 +49,16 @@ def _version(text: str) -> Version:
 
 
 def grid(merged: Merged) -> dict[tuple[str, str, str], dict[str, Counter]]:
-    """(accelerate, deepspeed, stage) -> api style -> outcome counts, reference target, DeepSpeed backends."""
+    """(accelerate, deepspeed, stage) -> api style -> (scenario, property) verdict counts by outcome, reference
+    target, DeepSpeed backends: a known failure excuses only the properties its line names, so the cell says how many
+    verdicts each outcome had, not how many scenarios were touched by one."""
     cells: dict[tuple[str, str, str], dict[str, Counter]] = defaultdict(lambda: defaultdict(Counter))
     for outcome in merged.outcomes:
         versions, stage = _key(outcome.env or ""), _stage(outcome.axes.get("backend", ""))
         if versions is None or stage is None:
             continue
-        cells[(*versions, stage)][outcome.axes.get("api", "?")][outcome.outcome] += 1
+        for verdict in outcome.properties.values():
+            cells[(*versions, stage)][outcome.axes.get("api", "?")][verdict.outcome] += 1
     return cells
 
 
@@ -108,7 +111,7 @@ def render(merged: Merged, bug_rows: list[dict[str, str]]) -> str:
         "",
         "Reference implementation on each (accelerate, deepspeed) pairing and ZeRO stage; a column per API style; "
         "a cell is the worst outcome (✔ pass, ✘ fail, ⚠ error, ∅ unsupported, ✘ₓ known failure from "
-        "`conformance/xfails/reference.txt`) and the counts of scenario runs (conformance properties P1–P10).",
+        "`conformance/xfails/reference.txt`) and the counts of (scenario, property) verdicts (P1–P10, P8-leak).",
         "",
         matrix_table(merged),
         "",
