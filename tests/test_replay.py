@@ -10,7 +10,7 @@ import pytest
 from harness import replay
 from harness.reports import support
 from harness.reports.merge import Merged
-from harness.results import Outcome
+from harness.results import Outcome, Verdict
 
 ROOT = Path(__file__).resolve().parent.parent
 OLD = {"accelerate": "1.7.0", "deepspeed": "0.15.4"}
@@ -86,14 +86,22 @@ def test_malformed_catalogue_names_the_bug(tmp_path) -> None:
 
 
 def test_support_matrix_rows_are_versions_and_stages() -> None:
+    """A cell counts (scenario, property) verdicts: a scenario with one failing property among passing ones is one
+    fail and the passes, not one failed scenario."""
     env = "reference · accelerate 1.15.0 · deepspeed 0.19.8"
-    outcomes = [Outcome("ds3-auto-uni4-sgd-fp32-clip1-w2", "pass", axes={"backend": "ds3", "api": "auto"}, env=env),
+
+    def verdicts(**outcomes: str) -> dict[str, Verdict]:
+        return {code: Verdict(code, code, outcome) for code, outcome in outcomes.items()}
+
+    outcomes = [Outcome("ds3-auto-uni4-sgd-fp32-clip1-w2", "pass", axes={"backend": "ds3", "api": "auto"}, env=env,
+                        properties=verdicts(P2="pass", P3="pass")),
                 Outcome("ds3off-kwarg-uni4-sgd-fp32-clip1-w2", "fail", axes={"backend": "ds3off", "api": "kwarg"},
-                        env=env),
-                Outcome("ddp-auto-uni4-sgd-fp32-clip1-w2", "pass", axes={"backend": "ddp", "api": "auto"}, env=env)]
+                        env=env, properties=verdicts(P2="fail", P5="pass")),
+                Outcome("ddp-auto-uni4-sgd-fp32-clip1-w2", "pass", axes={"backend": "ddp", "api": "auto"}, env=env,
+                        properties=verdicts(P2="pass"))]
     table = support.matrix_table(Merged(runs=[], outcomes=outcomes))
-    assert "| 1.15.0 | 0.19.8 | 3 | ✔ 1 pass | · |" in table
-    assert "| 1.15.0 | 0.19.8 | 3 +offload | · | ✘ 1 fail |" in table
+    assert "| 1.15.0 | 0.19.8 | 3 | ✔ 2 pass | · |" in table
+    assert "| 1.15.0 | 0.19.8 | 3 +offload | · | ✘ 1 fail 1 pass |" in table
     assert "ddp" not in table
 
 

@@ -20,6 +20,8 @@ BACKEND_SCENARIOS = [
     Scenario("ds2", "kwarg", "dyn3142"),
     Scenario("ds3", "kwarg", "dyn3142", model="gpt2"),
     Scenario("ds2off", "set_boundary", "forced4264", optimizer="adamw"),
+    # FSDP2 on CPU sets the distributed type on accelerate's shared states before prepare: a reset must undo it.
+    Scenario("fsdp", "kwarg", "forced4264"),
     # A prepared DataLoader registers itself in accelerate's GradientState (the state a reset must clear), and
     # backward keywords plus the window-token normalisation reach the engine.
     Scenario("ds0", "auto", "tail442"),
