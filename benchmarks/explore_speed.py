@@ -42,10 +42,11 @@ def main() -> int:
         print(f"{backend:7} {exploration.examples:5} programs in {exploration.seconds:6.1f} s "
               f"({exploration.examples / exploration.seconds:.2f}/s), {len(exploration.counterexamples)} "
               "counterexample(s)", flush=True)
-    result = {"benchmark": "explore_speed", "target": args.target, "examples_per_backend": args.examples,
-              "machine": {"cpus": __import__("os").cpu_count(), "python": platform.python_version()},
-              "versions": versions(), "rows": rows, "wall_seconds": round(time.perf_counter() - started, 1)}
-    write_atomic(Path(args.out), json.dumps(result, indent=1) + "\n")
+        # Written after every backend: a long on-demand run (2,000 per backend) keeps what it measured if cut off.
+        result = {"benchmark": "explore_speed", "target": args.target, "examples_per_backend": args.examples,
+                  "machine": {"cpus": __import__("os").cpu_count(), "python": platform.python_version()},
+                  "versions": versions(), "rows": rows, "wall_seconds": round(time.perf_counter() - started, 1)}
+        write_atomic(Path(args.out), json.dumps(result, indent=1) + "\n")
     print(f"wrote {args.out}")
     return 0
 
