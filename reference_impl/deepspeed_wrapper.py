@@ -1,8 +1,9 @@
 """The boundary-aware replacement for accelerate's ``DeepSpeedEngineWrapper``.
 
 It owns one decision per micro-batch: is this the gradient-accumulation boundary? It tells the engine
-before backward, and calls ``engine.step()`` only at a boundary, so ``engine.global_steps`` counts
-boundaries. It never lets DeepSpeed's internal asserts be the error a user sees.
+before backward, and calls ``engine.step()`` only at a boundary (on accelerate <= 1.7, after every backward, as
+upstream does there, so that DeepSpeed's micro-step counter counts every micro-batch), so ``engine.global_steps``
+counts boundaries. It never lets DeepSpeed's internal asserts be the error a user sees.
 
 Two inputs decide, and they are kept apart on purpose (DESIGN §3): ``is_final_micro_batch`` is a boundary the
 *user* gave (the keyword, or the persistent override); ``sync_gradients`` is what accelerate's *schedule* says
@@ -93,6 +94,12 @@ class BoundaryAwareDeepSpeedEngineWrapper(DeepSpeedEngineWrapper):
             self._step(always=False)
         else:
             self.engine.backward(loss, **kwargs)
+            if sync_gradients is None and not getattr(self.engine, "inside_no_sync_ctxt", False):
+                # accelerate <= 1.7 steps the engine after every backward and DeepSpeed's micro-step counter decides
+                # a later plain backward: a held micro-batch must count there too (a step at a False boundary only
+                # moves the counter), or the counter falls out of phase with the windows and the user's False
+                # sticks to the next plain call (DESIGN §3 rule 1; found by the acc170-ds0154 matrix row).
+                self.engine.step()
             self._stepped_last_backward = False
 
     def _backward_following_engine_counter(self, loss: Any, explicit: bool | None, **kwargs: Any) -> None:

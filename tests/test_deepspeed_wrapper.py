@@ -120,10 +120,27 @@ def test_an_explicit_boundary_does_not_stick_to_the_engines_counter() -> None:
     engine = FakeEngine(gas=2)
     wrapper = BoundaryAwareDeepSpeedEngineWrapper(engine)
     wrapper.backward(loss_of(engine), is_final_micro_batch=False)
+    stepped = []
     for _ in range(4):
         wrapper.backward(loss_of(engine))
+        stepped.append(wrapper.stepped_last_backward)
     assert engine._is_gradient_accumulation_boundary is None
-    assert (engine.global_steps, engine.step_calls) == (2, 4)
+    # The held micro-batch counted: windows [held, plain] [plain, plain], as accumulate() would have it on 1.7.
+    assert stepped == [True, False, True, False]
+    assert (engine.global_steps, engine.step_calls) == (2, 5)
+
+
+def test_a_held_boundary_counts_for_the_engines_counter_on_old_accelerate() -> None:
+    """accelerate <= 1.7 (no sync_gradients passed): the keyword False on three micro-batches, then a plain backward
+    (the kwarg_hold style). The counter that decides the plain backward must have counted the held ones, or the
+    optimizer never steps (the reference before this repair: 0 steps; found on the acc170-ds0154 matrix row)."""
+    engine = FakeEngine(gas=4)
+    wrapper = BoundaryAwareDeepSpeedEngineWrapper(engine)
+    for _ in range(2):
+        for _ in range(3):
+            wrapper.backward(loss_of(engine), is_final_micro_batch=False)
+        wrapper.backward(loss_of(engine))
+    assert (engine.global_steps, engine.micro_steps) == (2, 8)
 
 
 def test_engine_without_boundary_api_follows_its_counter_when_boundaries_agree() -> None:

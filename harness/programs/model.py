@@ -253,6 +253,11 @@ def _deepspeed_backward(s: _State, facts: Facts, g: int, explicit: bool | None, 
     if boundary:
         s.micro_steps += 1
         s.global_steps += 1
+    elif not facts.accelerate_forwards_boundary and not engine_no_sync:
+        # §3 rule 1 on accelerate <= 1.7: the engine steps after every backward there and its counter decides a
+        # later plain backward, so a held boundary counts too (the step only moves the counter): a user's False
+        # never sticks to a plain call by leaving the counter out of phase with the windows.
+        s.micro_steps += 1
     s.stepped_last_backward = boundary
     return boundary, _zero01_reduces(facts, boundary, inside)
 
