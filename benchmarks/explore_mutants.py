@@ -35,6 +35,8 @@ BACKENDS = {
     "resync_only_in_accumulate": ("ddp",),
     "drops_backward_kwargs": DEEPSPEED,
     "override_leaks": GENERIC,
+    "counts_boundary_twice": DEEPSPEED,
+    "override_outlives_accelerator": GENERIC,
 }
 
 

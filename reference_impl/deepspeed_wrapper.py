@@ -94,7 +94,8 @@ class BoundaryAwareDeepSpeedEngineWrapper(DeepSpeedEngineWrapper):
             self._step(always=False)
         else:
             self.engine.backward(loss, **kwargs)
-            if sync_gradients is None and not getattr(self.engine, "inside_no_sync_ctxt", False):
+            if not compat.upstream_wrapper_takes_sync_gradients() and not getattr(self.engine, "inside_no_sync_ctxt",
+                                                                                   False):
                 # accelerate <= 1.7 steps the engine after every backward and DeepSpeed's micro-step counter decides
                 # a later plain backward: a held micro-batch must count there too (a step at a False boundary only
                 # moves the counter), or the counter falls out of phase with the windows and the user's False

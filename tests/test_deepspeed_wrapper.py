@@ -114,7 +114,15 @@ def test_engine_without_boundary_api_follows_its_counter_over_the_schedule() -> 
     assert (engine.global_steps, engine.step_calls) == (1, 6)
 
 
-def test_an_explicit_boundary_does_not_stick_to_the_engines_counter() -> None:
+@pytest.fixture
+def accelerate_17(monkeypatch):
+    """accelerate <= 1.7: its wrapper's backward takes no sync_gradients, and DeepSpeed's counter decides."""
+    from reference_impl import compat
+
+    monkeypatch.setattr(compat, "upstream_wrapper_takes_sync_gradients", lambda: False)
+
+
+def test_an_explicit_boundary_does_not_stick_to_the_engines_counter(accelerate_17) -> None:
     """DeepSpeed's boundary flag is sticky; after an explicit boundary, calls without one (accelerate <= 1.7's
     backward(loss)) are the counter's again."""
     engine = FakeEngine(gas=2)
@@ -130,7 +138,7 @@ def test_an_explicit_boundary_does_not_stick_to_the_engines_counter() -> None:
     assert (engine.global_steps, engine.step_calls) == (2, 5)
 
 
-def test_a_held_boundary_counts_for_the_engines_counter_on_old_accelerate() -> None:
+def test_a_held_boundary_counts_for_the_engines_counter_on_old_accelerate(accelerate_17) -> None:
     """accelerate <= 1.7 (no sync_gradients passed): the keyword False on three micro-batches, then a plain backward
     (the kwarg_hold style). The counter that decides the plain backward must have counted the held ones, or the
     optimizer never steps (the reference before this repair: 0 steps; found on the acc170-ds0154 matrix row)."""
@@ -141,6 +149,17 @@ def test_a_held_boundary_counts_for_the_engines_counter_on_old_accelerate() -> N
             wrapper.backward(loss_of(engine), is_final_micro_batch=False)
         wrapper.backward(loss_of(engine))
     assert (engine.global_steps, engine.micro_steps) == (2, 8)
+
+
+def test_a_held_boundary_does_not_step_the_engine_where_accelerate_passes_the_schedule() -> None:
+    """accelerate >= 1.8 passes the schedule's boundary on every plain backward, so the counter decides nothing and
+    the engine steps only at a boundary (its micro-step counter counts boundaries, as the model says)."""
+    engine = FakeEngine(gas=4)
+    wrapper = BoundaryAwareDeepSpeedEngineWrapper(engine)
+    for _ in range(3):
+        wrapper.backward(loss_of(engine), is_final_micro_batch=False)
+    wrapper.backward(loss_of(engine), sync_gradients=True)
+    assert (engine.global_steps, engine.micro_steps, engine.step_calls) == (1, 1, 1)
 
 
 def test_engine_without_boundary_api_follows_its_counter_when_boundaries_agree() -> None:

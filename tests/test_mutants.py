@@ -73,6 +73,11 @@ WORLD_CATCHES = [
     ("late_third_step", _s("ds1", "kwarg", "uni4", optimizer="adamw", precision="bf16"), "P2"),
     ("late_third_step", _s("ds2", "kwarg", "uni4", optimizer="adamw", model="gpt2"), "P2"),
     ("drops_backward_kwargs", _s("ds1", "kwarg", "uni2", micro_batch_size=4, model="gpt2", loss_norm="tokens"), "P10"),
+    # Caught by one property alone (docs/mutants.md lists them): P2, P8 and P8-leak each on a scenario where no other
+    # property applies that could see the bug.
+    ("clip_shrinks_gradients", _s("ddp", "kwarg", "uni4"), "P2"),
+    ("counts_boundary_twice", _s("ds1", "kwarg", "uni4", optimizer="adamw", precision="bf16"), "P8"),
+    ("override_outlives_accelerator", _s("ddp", "auto", "uni4"), "P8-leak"),
 ]
 
 
