@@ -40,9 +40,12 @@ def tolerance_text(rtol: float, atol: float) -> str:
 
 
 def compare_tensor(got: torch.Tensor, want: torch.Tensor, *, rtol: float, atol: float,
-                   tensor_scaled: bool = False, ignore: torch.Tensor | None = None) -> str | None:
+                   tensor_scaled: bool = False, ignore: torch.Tensor | None = None,
+                   window_scale: float | None = None) -> str | None:
     """None when close: ``|got - want| <= atol + rtol·|want|`` everywhere (``rtol·max|want|`` when
-    ``tensor_scaled``), bitwise when both are 0. ``ignore`` masks elements out of the comparison."""
+    ``tensor_scaled``; ``rtol·max(max|want|, window_scale)`` when a window's scale is given: round-off accumulated
+    over micro-batches whose gradients cancel in the sum is relative to the terms, not to the sum), bitwise when both
+    are 0. ``ignore`` masks elements out of the comparison."""
     if got.shape != want.shape:
         return f"shape {tuple(got.shape)} != expected {tuple(want.shape)}"
     if rtol == 0 and atol == 0:
@@ -54,6 +57,8 @@ def compare_tensor(got: torch.Tensor, want: torch.Tensor, *, rtol: float, atol: 
         diff = diff.masked_fill(ignore, 0.0)
     if rtol or atol:
         scale = want64.abs().max() if (tensor_scaled and want64.numel()) else want64.abs()
+        if tensor_scaled and window_scale is not None:
+            scale = max(float(scale), window_scale)
         if bool((diff <= atol + rtol * scale).all()):
             return None
     flat = int(torch.argmax(diff))
@@ -62,6 +67,8 @@ def compare_tensor(got: torch.Tensor, want: torch.Tensor, *, rtol: float, atol: 
     max_abs = float(diff.max())
     max_rel = float((diff / want64.abs().clamp_min(1e-30)).max())
     scaled = " × max|want|" if tensor_scaled else ""
+    if tensor_scaled and window_scale is not None:
+        scaled = f" × max(max|want|, {window_scale:.3g} = Σ over the window's micro-batches of max|grad|)"
     ignored = ""
     if ignore is not None and bool(ignore.any()):
         ignored = f" · {int(ignore.sum())} element(s) with a gradient below the noise floor ignored (AdamW)"
@@ -71,7 +78,8 @@ def compare_tensor(got: torch.Tensor, want: torch.Tensor, *, rtol: float, atol: 
 
 def compare_tensors(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor], *, scenario: str, prop: str,
                     where: str, label: str, rtol: float, atol: float, tensor_scaled: bool = False,
-                    ignore: dict[str, torch.Tensor] | None = None) -> list[Deviation]:
+                    ignore: dict[str, torch.Tensor] | None = None,
+                    window_scales: dict[str, float] | None = None) -> list[Deviation]:
     deviations = []
     for name in sorted(set(got) | set(want)):
         if name not in got or name not in want:
@@ -79,7 +87,7 @@ def compare_tensors(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor],
             deviations.append(Deviation(scenario, prop, where, f"{label}[{name}]", side))
             continue
         detail = compare_tensor(got[name], want[name], rtol=rtol, atol=atol, tensor_scaled=tensor_scaled,
-                                ignore=(ignore or {}).get(name))
+                                ignore=(ignore or {}).get(name), window_scale=(window_scales or {}).get(name))
         if detail:
             deviations.append(Deviation(scenario, prop, where, f"{label}[{name}]", detail))
     return deviations

@@ -35,6 +35,9 @@ class OracleStep:
     grads: Tensors  # pre-clip, averaged over ranks
     params: Tensors | None  # after the step (None: the run recorded no gradients to step with)
     lr: float
+    # Per tensor, the sum over the window's micro-batches of max|micro-batch gradient| (mean over ranks): the scale
+    # of the round-off a low-precision run accumulates over the window, even where the gradients cancel in the sum.
+    window_scale: dict[str, float] | None = None
 
 
 @dataclass
@@ -187,11 +190,14 @@ def teacher_forced(scenario: Scenario, expectation: Expectation, trace: Trace, p
             break
         run.load(before)
         per_rank: list[Tensors | None] = [None] * world
+        magnitude: dict[str, float] = {}
         for m in window:
             for r in range(world):
                 loss, grads = run.gradient(r, m)
                 out.losses[r].append(loss)
                 per_rank[r] = _add(per_rank[r], grads)
+                for name, g in grads.items():
+                    magnitude[name] = magnitude.get(name, 0.0) + (float(g.abs().max()) / world if g.numel() else 0.0)
             if m != steps[k]:
                 run.advance(expectation.micro_batches[m].scheduler_steps)
         averaged = _mean(per_rank)  # type: ignore[arg-type]
@@ -203,7 +209,7 @@ def teacher_forced(scenario: Scenario, expectation: Expectation, trace: Trace, p
             _, lr = run.step(recorded, mb.clip)
             params = run.snapshot()
         run.advance(mb.scheduler_steps)
-        out.steps.append(OracleStep(steps[k], norm, averaged, params, lr))
+        out.steps.append(OracleStep(steps[k], norm, averaged, params, lr, magnitude))
         before = trace.steps[k].params
     end = steps[len(out.steps) - 1] + 1 if out.steps else 0
     if len(out.steps) == len(windows) and trace.final_params:

@@ -63,7 +63,8 @@ def step_deviations(scenario: Scenario, prop: str, trace: Trace, local: OracleTr
             found.append(not_recorded(scenario, prop, where, "pre-clip gradients"))
         else:
             found += compare_tensors(step.grads, want.grads, scenario=scenario.id, prop=prop, where=where,
-                                     label="grad", rtol=rtol, atol=atol, tensor_scaled=scaled)
+                                     label="grad", rtol=rtol, atol=atol, tensor_scaled=scaled,
+                                     window_scales=want.window_scale)
         if want.params is not None:
             if trace.params_are_master:
                 found += compare_tensors(step.params, want.params, scenario=scenario.id, prop=prop, where=where,
