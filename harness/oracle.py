@@ -45,6 +45,9 @@ class OracleTrace:
     losses: list[list[float]] = field(default_factory=list)  # [rank][micro-batch]
     steps: list[OracleStep] = field(default_factory=list)
     leftover: list[Tensors] = field(default_factory=list)  # [rank]: the gradients the program leaves behind
+    # Per tensor, the sum over the leftover's micro-batches of max|micro-batch gradient| (largest over ranks): the
+    # scale of the round-off a low-precision run accumulates there (see OracleStep.window_scale).
+    leftover_scale: dict[str, float] = field(default_factory=dict)
 
     @property
     def final_params(self) -> Tensors:
@@ -132,19 +135,27 @@ def _mean(per_rank: list[Tensors]) -> Tensors:
 
 
 def _leftover(run: _Float64Run, expectation: Expectation, start: int, count: int, world: int,
-              probe: int | None) -> list[Tensors]:
+              probe: int | None) -> tuple[list[Tensors], dict[str, float]]:
     """What each rank reads after the program: the gradients of the micro-batches after the last step, each rank's
     own until a micro-batch reduces them (DDP all-reduces everything accumulated so far), averaged at a ZeRO 1-3
     probe micro-batch, which adds its own gradient at a boundary."""
     local: list[Tensors] = [{name: torch.zeros_like(p) for name, p in run.named} for _ in range(world)]
+    scale: dict[str, float] = {name: 0.0 for name, _ in run.named}
+
+    def added(m: int) -> list[Tensors]:
+        grads = [run.gradient(r, m)[1] for r in range(world)]
+        for name in scale:
+            scale[name] += max((float(g[name].abs().max()) if g[name].numel() else 0.0) for g in grads)
+        return [_add(local[r], grads[r]) for r in range(world)]
+
     for m in range(start, count):
-        local = [_add(local[r], run.gradient(r, m)[1]) for r in range(world)]
+        local = added(m)
         if expectation.micro_batches[m].reduces:
             local = [_mean(local)] * world
     if probe is not None:
-        local = [_add(local[r], run.gradient(r, probe)[1]) for r in range(world)]
+        local = added(probe)
         local = [_mean(local)] * world
-    return local
+    return local, scale
 
 
 def _played(expectation: Expectation) -> int:
@@ -170,7 +181,8 @@ def expected(scenario: Scenario, expectation: Expectation, probe: int | None = N
             trace.steps.append(OracleStep(m, norm, averaged, run.snapshot(), lr))
             accumulated, last_step_end = [None] * world, m + 1
         run.advance(mb.scheduler_steps)
-    trace.leftover = _leftover(run, expectation, last_step_end, _played(expectation), world, probe)
+    trace.leftover, trace.leftover_scale = _leftover(run, expectation, last_step_end, _played(expectation), world,
+                                                     probe)
     return trace
 
 
@@ -217,5 +229,5 @@ def teacher_forced(scenario: Scenario, expectation: Expectation, trace: Trace, p
         for m in range(end, _played(expectation)):
             for r in range(world):
                 out.losses[r].append(float(run.losses(r, m)[0].detach()))
-        out.leftover = _leftover(run, expectation, end, _played(expectation), world, probe)
+        out.leftover, out.leftover_scale = _leftover(run, expectation, end, _played(expectation), world, probe)
     return out

@@ -31,7 +31,8 @@ def _p8_judge(scenario: Scenario, evidence: Evidence) -> list[Deviation]:
             found.append(not_recorded(scenario, name, where, "the steps the leftover follows (fewer steps than expected)"))
         else:
             found += compare_tensors(trace.leftover_grads, local.leftover[trace.rank], scenario=scenario.id, prop=name,
-                                     where=where, label="leftover grad", rtol=rtol, atol=atol, tensor_scaled=scaled)
+                                     where=where, label="leftover grad", rtol=rtol, atol=atol, tensor_scaled=scaled,
+                                     window_scales=local.leftover_scale)
         if expectation.engine_micro_steps is not None:
             found += compare_scalar(trace.engine_micro_steps, expectation.engine_micro_steps, scenario=scenario.id,
                                     prop=name, where=rank, label="engine.micro_steps (engine.step() calls)",
