@@ -202,8 +202,13 @@ def read_all(directories: Iterable[str | Path]) -> list[ReplayRow]:
     return rows
 
 
-def _pair(versions: Mapping[str, str | None]) -> str:
-    return f"accelerate {versions.get('accelerate')} + deepspeed {versions.get('deepspeed')}"
+def _pair(versions: Mapping[str, str | None], bug: KnownBug) -> str:
+    """accelerate and DeepSpeed, and any other distribution the bug's versions name (transformers for the Trainer's
+    threads): a reader must see the version that decided the verdict."""
+    from packaging.requirements import Requirement
+
+    named = {Requirement(text).name for text in (*bug.affected, *bug.fixed)} - {"accelerate", "deepspeed"}
+    return " + ".join(f"{name} {versions.get(name)}" for name in ("accelerate", "deepspeed", *sorted(named)))
 
 
 def table(bugs: list[KnownBug], rows: list[ReplayRow]) -> list[dict[str, str]]:
@@ -213,7 +218,7 @@ def table(bugs: list[KnownBug], rows: list[ReplayRow]) -> list[dict[str, str]]:
         mine = [r for r in rows if r.bug == bug.id]
         cells = {}
         for role in ("affected", "fixed"):
-            seen = sorted({f"{_pair(r.versions)}: {r.scenario.split('-')[0]} {r.outcome} → {r.verdict}"
+            seen = sorted({f"{_pair(r.versions, bug)}: {r.scenario.split('-')[0]} {r.outcome} → {r.verdict}"
                            for r in mine if r.role == role})
             cells[role] = "; ".join(seen) if seen else "not run"
         out.append({"bug": bug.id, "title": bug.title, "expect": bug.expect, "fixed_in": bug.fixed_in,
