@@ -124,7 +124,9 @@ def shows_expected(expect: str, outcome: Any) -> bool:
 
 def what_it_shows(outcome: Any) -> str:
     if outcome.outcome == "error":
-        last = next(iter(outcome.errors.values()), "").strip().splitlines()
+        # The traceback's last line (the exception), not the rank's printed output that follows it.
+        text = next(iter(outcome.errors.values()), "").split("\n--- what the rank printed")[0]
+        last = text.strip().splitlines()
         return last[-1][:160] if last else "error"
     if outcome.outcome == "fail":
         return ", ".join(v.name for v in outcome.properties.values() if v.raw == "fail")
