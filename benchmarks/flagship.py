@@ -57,7 +57,10 @@ def verdicts(results: Path) -> dict | None:
     data = json.loads(results.read_text())
     counts: dict[str, int] = {}
     for scenario in data.get("scenarios", []):
-        for verdict in scenario.get("properties", {}).values():
+        properties = scenario.get("properties", {})
+        if not isinstance(properties, dict):  # an older schema (verdicts per scenario): not comparable
+            return None
+        for verdict in properties.values():
             counts[verdict["outcome"]] = counts.get(verdict["outcome"], 0) + 1
     return counts or None
 
