@@ -19,6 +19,7 @@ from accelerate.utils import DistributedType
 
 from . import compat
 from .deepspeed_wrapper import BoundaryAwareDeepSpeedEngineWrapper
+from .errors import BoundaryError
 
 # Where the schedule's own sync_gradients is kept, beside accelerate's key in GradientState's shared dict (so
 # GradientState._reset_state() clears both at once).
@@ -67,8 +68,10 @@ class BoundaryAwareAccelerator(Accelerator):
         self._boundary_override: bool | None = None
         # Resolved boundary of the most recent backward; None before the first one.
         self._last_boundary: bool | None = None
-        # optimizer_step_and_zero_grad consumed the last boundary: a second call must not step again.
-        self._boundary_consumed = False
+        # The optimizers optimizer_step_and_zero_grad stepped since the most recent backward (keyed by the torch
+        # optimizer under accelerate's wrappers): each steps once per boundary, a second call for the same one does
+        # nothing, another optimizer (two models: a GAN, an actor and a critic) still steps (DESIGN §3).
+        self._stepped_since_backward: set[int] = set()
         self._warned_clip_mismatch = False
         # accelerate keeps the *unwrapped* module in _models for MULTI_CPU/MULTI_GPU, so the DDP wrappers
         # whose gradient sync the boundary controls are tracked here.
@@ -162,7 +165,7 @@ class BoundaryAwareAccelerator(Accelerator):
         # it reports the resolved boundary until the next accumulate() entry or backward. Without an explicit
         # boundary this restores the schedule's value (a report of an earlier keyword must not stick).
         self._report_boundary(boundary)
-        self._boundary_consumed = False
+        self._stepped_since_backward.clear()
         if self.distributed_type == DistributedType.DEEPSPEED:
             wrapper = self.deepspeed_engine_wrapped
             # The schedule reaches the wrapper exactly as this accelerate would pass it (>= 1.8: sync_gradients,
@@ -185,9 +188,9 @@ class BoundaryAwareAccelerator(Accelerator):
             finally:
                 self._restore_fsdp2_sync()
             return
-        super().backward(loss, **kwargs)
         if boundary and explicit:
-            self._all_reduce_unsynchronised_gradients()
+            self._sync_held_gradients(loss)
+        super().backward(loss, **kwargs)
 
     def _ddp_models(self) -> list[torch.nn.parallel.DistributedDataParallel]:
         return self._ddp_wrapped
@@ -203,20 +206,29 @@ class BoundaryAwareAccelerator(Accelerator):
         for model in self._fsdp2_models():
             model.set_requires_gradient_sync(enabled)
 
-    def _all_reduce_unsynchronised_gradients(self) -> None:
+    def _sync_held_gradients(self, loss: torch.Tensor) -> None:
         """An explicit boundary whose forward ran under ``no_sync`` (inside ``accumulate()`` off its schedule, the
-        user's own ``no_sync``, or after ``set_deepspeed_gradient_accumulation_boundary(False)``) left each rank
-        with local gradients only: average them now, as DDP would have, or the ranks would step on different
-        gradients and diverge. Never after a backward without an explicit boundary: there the user's own
-        ``no_sync`` means what it says upstream (hold the all-reduce back)."""
+        user's own ``no_sync``, or after ``set_deepspeed_gradient_accumulation_boundary(False)``) would leave each
+        rank with local gradients only and the ranks would step apart. Called just before that backward: DDP's own
+        reducer is armed for it, exactly as DDP's forward arms it when sync is on, so this backward reduces
+        everything the window accumulated, as the upstream loop whose last micro-batch runs with sync does (the same
+        bytes: DDP divides before it sums). Never for a backward without an explicit boundary: there the user's own
+        ``no_sync`` means what it says upstream (hold the all-reduce back).
+
+        Why DDP's reducer and not an all-reduce of ``.grad`` beside it: under conditional computation (a branch
+        taken on some ranks only, ``find_unused_parameters=True``) the reducer agrees on the set of tensors across
+        ranks (its local-used map, accumulated over the no_sync micro-batches and all-reduced), reduces its buckets
+        in the same order everywhere with zeros where a rank holds no gradient, leaves a parameter no rank used with
+        ``.grad`` None, and then clears that map. A re-sync beside it (one all-reduce per tensor that had a gradient,
+        428deb9) paired different tensors on different ranks (gloo: "Received data size doesn't match expected
+        size"), and even a collective-safe one left DDP's map set, so the next synchronised backward died
+        ("Encountered gradient which is undefined, but still allreduced by DDP reducer", measured). Collectives per
+        boundary: one per DDP bucket (one for small models), plus the used-map's with ``find_unused_parameters``.
+        """
         for model in self._ddp_models():
             if model.require_forward_param_sync:
-                continue
-            world = torch.distributed.get_world_size()
-            for param in model.parameters():
-                if param.grad is not None:
-                    torch.distributed.all_reduce(param.grad)
-                    param.grad.div_(world)
+                continue  # its forward ran with sync: the reducer is armed already
+            _arm_ddp_reduction(model, loss)
 
     # -- step ---------------------------------------------------------------------------------------------
     def optimizer_step_and_zero_grad(
@@ -231,9 +243,14 @@ class BoundaryAwareAccelerator(Accelerator):
         already stepped inside ``backward`` (clipping is its ``gradient_clipping``); ``-1.0`` means it stepped
         but no norm can be had.
         """
-        if not self._last_boundary or self._boundary_consumed:
+        if self.distributed_type == DistributedType.DEEPSPEED:
+            self._refuse_foreign_optimizer(optimizer)
+        if not self._last_boundary:
             return None
-        self._boundary_consumed = True
+        key = _optimizer_key(optimizer)
+        if key in self._stepped_since_backward:
+            return None
+        self._stepped_since_backward.add(key)
         if self.distributed_type == DistributedType.DEEPSPEED:
             self._warn_on_clip_mismatch(max_grad_norm)
             return self.deepspeed_engine_wrapped.grad_norm_after_step()
@@ -244,6 +261,21 @@ class BoundaryAwareAccelerator(Accelerator):
         optimizer.step()
         optimizer.zero_grad()
         return float(norm)
+
+    def _refuse_foreign_optimizer(self, optimizer: Any) -> None:
+        """DeepSpeed's engine owns its one optimizer and already stepped it in ``backward``: a call naming another
+        optimizer would return a norm and zero nothing of its own, silently leaving that optimizer unstepped (DESIGN
+        §3). Accepted: the optimizer ``prepare`` returned and what it wraps (the engine's optimizer, the user's torch
+        optimizer the engine took over)."""
+        prepared = [o for o in getattr(self, "_optimizers", [])]
+        if any(optimizer is known for o in prepared for known in _wrapped_chain(o)):
+            return
+        names = ", ".join(type(o).__name__ for o in prepared) or "none"
+        raise BoundaryError(
+            f"optimizer_step_and_zero_grad({type(optimizer).__name__}): under DeepSpeed the engine owns its one "
+            f"optimizer (prepared: {names}) and steps it inside backward; pass the optimizer accelerator.prepare "
+            "returned, and step any other optimizer yourself outside the engine"
+        )
 
     def _warn_on_clip_mismatch(self, max_grad_norm: float | None) -> None:
         if max_grad_norm is None or self._warned_clip_mismatch:
@@ -256,6 +288,41 @@ class BoundaryAwareAccelerator(Accelerator):
                 f"gradient_clipping={configured}; DeepSpeed clips with its config value, set both alike",
                 stacklevel=3,
             )
+
+
+def _wrapped_chain(optimizer: Any) -> list[Any]:
+    """An optimizer and everything it wraps through ``.optimizer`` (accelerate's wrappers, DeepSpeed's ZeRO
+    optimizers, down to the torch optimizer)."""
+    chain, seen = [], set()
+    while optimizer is not None and id(optimizer) not in seen:
+        chain.append(optimizer)
+        seen.add(id(optimizer))
+        optimizer = getattr(optimizer, "optimizer", None)
+    return chain
+
+
+def _optimizer_key(optimizer: Any) -> int:
+    """One key per optimizer whether the user passes accelerate's wrapper or the torch optimizer inside it."""
+    from accelerate.optimizer import AcceleratedOptimizer
+
+    while isinstance(optimizer, AcceleratedOptimizer):
+        optimizer = optimizer.optimizer
+    return id(optimizer)
+
+
+def _arm_ddp_reduction(model: torch.nn.parallel.DistributedDataParallel, loss: torch.Tensor) -> None:
+    """What ``DistributedDataParallel``'s forward does when gradient sync is on (``_pre_forward``/``_post_forward``,
+    torch 2.x): count the iteration and prepare the reducer for the coming backward, searching the unused parameters
+    from ``loss`` where ``find_unused_parameters`` asks for it. The backward then reduces every bucket."""
+    from torch.nn.parallel.distributed import _find_tensors
+
+    reducer = model.reducer
+    reducer.prepare_for_forward()
+    if model.find_unused_parameters and not model.static_graph:
+        reducer.prepare_for_backward(list(_find_tensors(loss)))
+    else:
+        reducer.prepare_for_backward([])
+    model.require_forward_param_sync = True
 
 
 def _optimizer_parameters(optimizer: torch.optim.Optimizer) -> list[torch.nn.Parameter]:

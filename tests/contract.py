@@ -138,5 +138,48 @@ def plain_after_explicit_violations(accelerator_cls: Any) -> list[str]:
     return violations
 
 
+def two_optimizers_violations(accelerator_cls: Any) -> list[str]:
+    """Two models, two optimizers (a GAN, an actor and a critic), G = 2, ``backward(loss, is_final_micro_batch=...)``
+    then ``optimizer_step_and_zero_grad`` for each optimizer: at every boundary both step, each once (a second call
+    for the same optimizer after the same boundary returns None and does nothing), off the boundary neither
+    (DESIGN §3 "Each optimizer steps once per boundary"). Issue 27's loop: on 428deb9 the second never stepped."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    accelerator = accelerator_cls(cpu=True, gradient_accumulation_steps=2)
+    torch.manual_seed(0)
+    first, second = torch.nn.Linear(3, 3), torch.nn.Linear(3, 1)
+    opt_first = torch.optim.SGD(first.parameters(), lr=0.1)
+    opt_second = torch.optim.SGD(second.parameters(), lr=0.1)
+    first, opt_first = accelerator.prepare(first, opt_first)
+    second, opt_second = accelerator.prepare(second, opt_second)
+    violations = []
+    for index in range(4):
+        final = index % 2 == 1
+        generator = torch.Generator().manual_seed(index)
+        loss = (second(torch.tanh(first(torch.randn(2, 3, generator=generator)))) - 5.0).pow(2).mean()
+        accelerator.backward(loss, is_final_micro_batch=final)
+        for name, model, optimizer in (("first", first, opt_first), ("second", second, opt_second)):
+            grads = [p.grad.detach().clone() for p in model.parameters()]
+            before = [p.detach().clone() for p in model.parameters()]
+            got = accelerator.optimizer_step_and_zero_grad(optimizer, model)
+            moved = any(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
+            want_norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))
+            if not final and (got is not None or moved):
+                violations.append(f"micro-batch {index} (not a boundary), {name}: returned {got!r}, stepped={moved}; "
+                                  "want None and no step")
+            elif final and (not moved or not isinstance(got, float) or abs(got - want_norm) > 1e-6 * max(1.0, want_norm)):
+                violations.append(f"micro-batch {index} (boundary), {name}: returned {got!r}, stepped={moved}; want its "
+                                  f"own pre-clip norm {want_norm:.7g} and a step")
+            if final and any(p.grad is not None and bool(p.grad.abs().sum()) for p in model.parameters()):
+                violations.append(f"micro-batch {index} (boundary), {name}: gradients left behind after the call")
+            again = accelerator.optimizer_step_and_zero_grad(optimizer, model)
+            if again is not None:
+                violations.append(f"micro-batch {index}, {name}: a second call for the same optimizer returned "
+                                  f"{again!r}, want None")
+    return violations
+
+
 CHECKS = {"kwarg": kwarg_violations, "override": override_violations, "norm": norm_violations,
-          "plain_after_explicit": plain_after_explicit_violations}
+          "plain_after_explicit": plain_after_explicit_violations, "two_optimizers": two_optimizers_violations}

@@ -60,3 +60,28 @@ def test_max_grad_norm_differing_from_deepspeed_clipping_warns_once(fresh_accele
             accelerator._warn_on_clip_mismatch(max_grad_norm)
     messages = [str(w.message) for w in caught]
     assert len(messages) == 1 and "max_grad_norm=2.0" in messages[0] and "gradient_clipping=1.0" in messages[0]
+
+
+def test_deepspeed_refuses_an_optimizer_it_does_not_own(fresh_accelerate_state, monkeypatch) -> None:
+    """DESIGN §3: on DeepSpeed, whose engine owns its one optimizer and steps it inside backward, a call naming any
+    other optimizer than the one prepare returned is refused with a clear error, at a boundary or not; the prepared
+    one (or the optimizer it wraps) is accepted."""
+    import torch
+    from accelerate.utils import DistributedType
+    from accelerate.utils.deepspeed import DeepSpeedOptimizerWrapper
+
+    from reference_impl import BoundaryError
+
+    accelerator = BoundaryAwareAccelerator(cpu=True)
+    monkeypatch.setattr(BoundaryAwareAccelerator, "distributed_type", property(lambda self: DistributedType.DEEPSPEED))
+    owned = torch.optim.SGD(torch.nn.Linear(2, 1).parameters(), lr=0.1)
+    prepared = DeepSpeedOptimizerWrapper(owned)
+    accelerator._optimizers = [prepared]
+    other = torch.optim.SGD(torch.nn.Linear(2, 1).parameters(), lr=0.1)
+    for boundary in (None, False, True):
+        accelerator._last_boundary = boundary
+        with pytest.raises(BoundaryError, match="engine owns its one optimizer"):
+            accelerator.optimizer_step_and_zero_grad(other)
+    accelerator._last_boundary = False
+    assert accelerator.optimizer_step_and_zero_grad(prepared) is None
+    assert accelerator.optimizer_step_and_zero_grad(owned) is None

@@ -18,6 +18,6 @@ class Accelerator(BoundaryAwareAccelerator):
         finally:
             self._in_accumulate = False
 
-    def _all_reduce_unsynchronised_gradients(self):
+    def _sync_held_gradients(self, loss):
         if self._in_accumulate:
-            super()._all_reduce_unsynchronised_gradients()
+            super()._sync_held_gradients(loss)

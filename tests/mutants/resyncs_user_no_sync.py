@@ -7,7 +7,7 @@ from reference_impl import BoundaryAwareAccelerator
 
 class Accelerator(BoundaryAwareAccelerator):
     def backward(self, loss, is_final_micro_batch=None, **kwargs):
-        super().backward(loss, is_final_micro_batch, **kwargs)
         boundary, explicit = self._resolve_boundary(is_final_micro_batch)
         if boundary and not explicit and self.distributed_type != "DEEPSPEED":
-            self._all_reduce_unsynchronised_gradients()
+            self._sync_held_gradients(loss)
+        super().backward(loss, is_final_micro_batch, **kwargs)
