@@ -5,11 +5,12 @@ needs is created by ``world.reset_between_scenarios`` before this runs.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from .models import build_model
+from .models import ModelParts, TwoModels, build_model, parts_of
 from .scenario import WARMUP_STEPS, Scenario
 
 LEARNING_RATES = {"sgd": 0.05, "adamw": 0.01}
@@ -89,9 +90,30 @@ def _fsdp2_accelerator(scenario: Scenario, accelerator_cls: Any) -> Any:
     return accelerator
 
 
-def build(scenario: Scenario, accelerator_cls: Any,
-          config_overrides: dict[str, Any] | None = None) -> tuple[Any, Any, Any, Any]:
-    """(accelerator, prepared model, prepared optimizer, prepared lr scheduler or None)."""
+@dataclass
+class Prepared:
+    """What ``accelerator.prepare`` gave back: the model as the loop calls it (for ``twomodels`` its parts behind one
+    call), and per part the prepared module, its optimizer and its lr scheduler (or None)."""
+
+    accelerator: Any
+    model: Any
+    parts: list[Any] = field(default_factory=list)
+    optimizers: list[Any] = field(default_factory=list)
+    schedulers: list[Any] = field(default_factory=list)
+
+
+def _accelerator_kwargs(scenario: Scenario) -> dict[str, Any]:
+    """``twoheads`` routes micro-batches to one head: DDP must be told that some parameters go unused."""
+    if scenario.model != "twoheads" or scenario.backend != "ddp":
+        return {}
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    return {"kwargs_handlers": [DistributedDataParallelKwargs(find_unused_parameters=True)]}
+
+
+def build(scenario: Scenario, accelerator_cls: Any, config_overrides: dict[str, Any] | None = None) -> Prepared:
+    """The accelerator, then each part of the model prepared with its own optimizer (and lr scheduler), the way a
+    user prepares two models: one ``prepare`` call per model and its optimizer (FSDP2 takes one model per call)."""
     if scenario.is_deepspeed:
         from accelerate.utils import DeepSpeedPlugin
 
@@ -107,12 +129,23 @@ def build(scenario: Scenario, accelerator_cls: Any,
             cpu=not torch.cuda.is_available(),
             gradient_accumulation_steps=scenario.configured_g,
             mixed_precision="bf16" if scenario.precision == "bf16" else "no",
+            **_accelerator_kwargs(scenario),
         )
-    model = build_model(scenario.model, scenario.seed)
-    optimizer = build_optimizer(scenario.optimizer, model.parameters())
-    if scenario.lr_schedule == "const":
-        model, optimizer = accelerator.prepare(model, optimizer)
-        return accelerator, model, optimizer, None
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    return accelerator, model, optimizer, scheduler
+    whole = build_model(scenario.model, scenario.seed)
+    names = parts_of(scenario.model)
+    prepared = Prepared(accelerator, None)
+    for name in names:
+        module = getattr(whole, name) if name else whole
+        optimizer = build_optimizer(scenario.optimizer, module.parameters())
+        if scenario.lr_schedule == "const":
+            module, optimizer = accelerator.prepare(module, optimizer)
+            scheduler = None
+        else:
+            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup)
+            module, optimizer, scheduler = accelerator.prepare(module, optimizer, scheduler)
+        prepared.parts.append(module)
+        prepared.optimizers.append(optimizer)
+        prepared.schedulers.append(scheduler)
+    prepared.model = (ModelParts(TwoModels.compose, dict(zip(names, prepared.parts))) if len(names) > 1
+                      else prepared.parts[0])
+    return prepared

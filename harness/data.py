@@ -22,7 +22,7 @@ PAD_ID = 0
 
 def _sample(model: str, seed: int, rank: int, sample: int) -> dict[str, torch.Tensor]:
     generator = torch.Generator().manual_seed(1_000_003 * seed + 10_007 * rank + sample)
-    if model == "mlp":
+    if model in ("mlp", "twomodels", "twoheads"):
         inputs = torch.randn(IN_FEATURES, generator=generator)
         targets = TARGET_SCALE * torch.randn(OUT_FEATURES, generator=generator)
         return {"inputs": inputs, "targets": targets}
@@ -34,9 +34,19 @@ def _sample(model: str, seed: int, rank: int, sample: int) -> dict[str, torch.Te
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
+def route_of(rank: int, index: int) -> int:
+    """``twoheads``: the head micro-batch ``index`` of ``rank`` takes (1: head_b). Rank 0 takes head_b on micro-batches
+    1, 5, 9, rank 1 on 0, 4, 8: the ranks disagree inside windows (a head used on one rank only, issue 28's case),
+    and a window of micro-batch 3 alone uses head_a everywhere (head_b then has no gradient on any rank)."""
+    return 1 if (index + rank) % 4 == 1 else 0
+
+
 def micro_batch(model: str, seed: int, rank: int, index: int, size: int) -> dict[str, torch.Tensor]:
     samples = [_sample(model, seed, rank, index * size + k) for k in range(size)]
-    return {key: torch.stack([sample[key] for sample in samples]) for key in samples[0]}
+    batch = {key: torch.stack([sample[key] for sample in samples]) for key in samples[0]}
+    if model == "twoheads":
+        batch["route"] = torch.tensor(route_of(rank, index))
+    return batch
 
 
 def loss_tokens(batch: dict[str, torch.Tensor]) -> int:

@@ -14,6 +14,7 @@ from typing import Any, Iterator
 import torch
 
 from . import backends, loops, stack
+from .models import ModelParts
 from .scenario import Scenario
 from .targets import load_target
 from .trace import StepRecorder, Tensors, Trace
@@ -34,14 +35,23 @@ def check_world(accelerator: Any, model: Any, scenario: Scenario, rank: int) -> 
     }
     wanted = {"process_index": rank, "num_processes": scenario.world_size,
               "distributed_type": backends.expected_distributed_type(scenario)}
-    if scenario.backend == "fsdp" and not backends.is_fsdp2_module(model):
+    if scenario.backend == "fsdp" and not all(backends.is_fsdp2_module(part) for part in _parts(model)):
         seen["distributed_type"] += " (the model is no fully_shard module)"
     if seen != wanted:
         raise WorldMismatch(f"{scenario.id}: rank {rank} sees {seen}, the scenario needs {wanted}; refusing to train")
     return seen
 
 
+def _parts(model: Any) -> list[Any]:
+    """The prepared modules behind what the loop calls (two models: both)."""
+    return list(model.parts.values()) if isinstance(model, ModelParts) else [model]
+
+
 def _named_parameters(accelerator: Any, model: Any) -> list[tuple[str, torch.nn.Parameter]]:
+    """By the names the oracle's module gives them (two models: ``<part>.<name>``)."""
+    if isinstance(model, ModelParts):
+        return [(f"{name}.{n}", p) for name, part in model.parts.items()
+                for n, p in accelerator.unwrap_model(part).named_parameters()]
     return list(accelerator.unwrap_model(model).named_parameters())
 
 
@@ -119,7 +129,8 @@ def leftover_gradients(run: loops.Run, scenario: Scenario) -> tuple[Tensors | No
         from .models import forward_loss
 
         probe = len(scenario.program)
-        model.set_requires_gradient_sync(True)
+        for part in _parts(model):
+            part.set_requires_gradient_sync(True)
         (forward_loss(model, run.batch(probe)) / scenario.configured_g).backward()
         named = _named_parameters(accelerator, model)
         return {name: (torch.zeros(tuple(p.shape)) if p.grad is None else _full(p.grad)) for name, p in named}, probe
@@ -147,7 +158,6 @@ def release(accelerator: Any, model: Any) -> None:
     for name in ("_models", "_optimizers", "_schedulers", "_dataloaders"):
         getattr(accelerator, name, []).clear()
     accelerator.deepspeed_engine_wrapped = None
-    del model
 
 
 def _learning_rate(optimizer: Any) -> float | None:
@@ -224,7 +234,8 @@ def run(scenario: Scenario, target: str, rank: int, count_collectives: bool = Fa
         return clients.run(scenario, accelerator_cls, rank, count_collectives and scenario.world_size > 1)
     with warnings.catch_warnings(record=True) as caught, _probe(probe, scenario) as overrides:
         warnings.simplefilter("always")
-        accelerator, model, optimizer, scheduler = backends.build(scenario, accelerator_cls, overrides)
+        prepared = backends.build(scenario, accelerator_cls, overrides)
+        accelerator, model = prepared.accelerator, prepared.model
         trace = Trace(rank=rank, world=check_world(accelerator, model, scenario, rank))
         trace.facts = stack.facts(scenario.backend, scenario.world_size,
                                   model if scenario.is_deepspeed else None)
@@ -235,14 +246,15 @@ def run(scenario: Scenario, target: str, rank: int, count_collectives: bool = Fa
             trace.initial_params, trace.params_are_master = full_parameters(accelerator, model, scenario)
         recorder = StepRecorder(trace, params=lambda: full_parameters(accelerator, model, scenario)[0],
                                 grads=lambda: full_gradients(accelerator, model, scenario),
-                                lr=lambda: _learning_rate(optimizer))
+                                lr=lambda: _learning_rate(prepared.optimizers[0]))
         if scenario.is_deepspeed:
             recorder.wrap_engine_step(model)
         else:
             recorder.wrap_clip(accelerator)
-            recorder.wrap_optimizer_step(optimizer.optimizer)
+            for index, optimizer in enumerate(prepared.optimizers):
+                recorder.wrap_optimizer_step(optimizer.optimizer, index)
         try:
-            session = loops.Run(accelerator, model, optimizer, scheduler, scenario, rank, trace)
+            session = loops.Run(prepared, scenario, rank, trace)
             try:
                 loops.train(session, recorder, count_collectives=count_collectives and scenario.world_size > 1)
             except loops.TargetLacksApi as lacking:

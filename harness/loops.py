@@ -29,12 +29,14 @@ class TargetLacksApi(Exception):
 
 
 class Run:
-    """What every micro-batch needs: the prepared objects, the scenario, this rank's trace."""
+    """What every micro-batch needs: the prepared objects, the scenario, this rank's trace. ``model`` is what the loss
+    calls; ``parts`` the prepared models, each with its optimizer and lr scheduler (two for ``twomodels``)."""
 
-    def __init__(self, accelerator: Any, model: Any, optimizer: Any, scheduler: Any, scenario: Scenario, rank: int,
-                 trace: Trace) -> None:
-        self.accelerator, self.model, self.optimizer, self.scheduler = accelerator, model, optimizer, scheduler
+    def __init__(self, prepared: Any, scenario: Scenario, rank: int, trace: Trace) -> None:
+        self.accelerator, self.model = prepared.accelerator, prepared.model
+        self.parts, self.optimizers, self.schedulers = prepared.parts, prepared.optimizers, prepared.schedulers
         self.scenario, self.rank, self.trace = scenario, rank, trace
+        self.recorder: StepRecorder | None = None  # set by ``train``: it takes the pre-step gradients
         # Keyword arguments of every backward: they must reach the engine (transformers #35808 relies on it).
         self.backward_kwargs: dict[str, Any] = {"scale_wrt_gas": False} if scenario.loss_norm in ("tokens", "user") else {}
         self._window_of = [range(end - w, end) for end, w in zip(accumulate(scenario.windows), scenario.windows)
@@ -85,33 +87,42 @@ class Run:
             raise
 
     def after_backward(self) -> None:
-        self.trace.sync_gradients.append(bool(self.accelerator.sync_gradients))
+        reported = bool(self.accelerator.sync_gradients)
+        self.trace.sync_gradients.append(reported)
+        if self.recorder is not None and not self.scenario.is_deepspeed:
+            self.recorder.at_backward_end(reported)
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
         self.trace.grad_digests.append(float(sum(_local(g).double().sum() for g in grads)) if grads else None)
 
     def step(self, clip: bool) -> None:
-        """The standard accelerate idiom: the optimizer wrapper skips step/zero_grad off-boundary."""
-        if clip and self.accelerator.sync_gradients and self.scenario.clip is not None:
-            self.accelerator.clip_grad_norm_(self.model.parameters(), self.scenario.clip)
-        self.optimizer.step()
-        if self.scheduler is not None:
-            self.scheduler.step()
-        self.optimizer.zero_grad()
+        """The standard accelerate idiom, per model and its optimizer: the optimizer wrapper skips step/zero_grad
+        off-boundary."""
+        for part, optimizer, scheduler in zip(self.parts, self.optimizers, self.schedulers):
+            if clip and self.accelerator.sync_gradients and self.scenario.clip is not None:
+                self.accelerator.clip_grad_norm_(part.parameters(), self.scenario.clip)
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            optimizer.zero_grad()
 
     def step_and_zero_grad(self, index: int) -> None:
-        self.trace.returned[index] = self.new_api("optimizer_step_and_zero_grad")(
-            self.optimizer, self.model, self.scenario.clip)
-        if self.scheduler is not None:
-            self.scheduler.step()
+        """Method 3 for each model and its optimizer, in order; every value returned is recorded."""
+        method = self.new_api("optimizer_step_and_zero_grad")
+        for part, optimizer, scheduler in zip(self.parts, self.optimizers, self.schedulers):
+            self.trace.returned.setdefault(index, []).append(method(optimizer, part, self.scenario.clip))
+            if scheduler is not None:
+                scheduler.step()
 
 
 @contextlib.contextmanager
 def _context(run: Run, name: str) -> Iterator[None]:
     if name == "accumulate":
-        with run.accelerator.accumulate(run.model):
+        with run.accelerator.accumulate(*run.parts):
             yield
     elif name == "no_sync":
-        with run.accelerator.no_sync(run.model):
+        with contextlib.ExitStack() as held:
+            for part in run.parts:
+                held.enter_context(run.accelerator.no_sync(part))
             yield
     else:
         yield
@@ -194,6 +205,7 @@ def micro_batch_indices(run: Run) -> Iterable[int]:
 
 def train(run: Run, recorder: StepRecorder, count_collectives: bool = False) -> None:
     program = run.scenario.program
+    run.recorder = recorder
     for index in micro_batch_indices(run):
         recorder.micro_step = index
         run_micro_batch(run, index, program.micro_batches[index], count_collectives)

@@ -2,7 +2,11 @@
 
 ``mlp``: a two-layer perceptron with an MSE loss. ``gpt2``: a tiny randomly initialised transformers GPT-2
 with tied input/output embeddings (what ZeRO-3 must gather correctly) and a token-level causal-LM loss on
-padded, variable-length sequences. Dropout is off: every rank and the oracle compute the same function.
+padded, variable-length sequences. ``twomodels``: the same perceptron as two models, each prepared with its own
+optimizer (a GAN's generator and discriminator, an actor and a critic): what "each optimizer steps once per
+boundary" is about. ``twoheads``: a shared trunk and two heads, each micro-batch routed to one head by (rank,
+micro-batch) — conditional computation, where ranks hold gradients for different parameters (a mixture of experts,
+multi-task heads). Dropout is off: every rank and the oracle compute the same function.
 """
 from __future__ import annotations
 
@@ -25,6 +29,62 @@ class MLP(torch.nn.Module):
         return self.fc2(torch.tanh(self.fc1(x)))
 
 
+class TwoModels(torch.nn.Module):
+    """The oracle's view of the two-model scenario: ``second(tanh(first(x)))``. The harness prepares each part as a
+    model of its own with an optimizer of its own (``PARTS``); the oracle trains them as one function, clipping and
+    measuring each part's gradients apart, as ``optimizer_step_and_zero_grad(optimizer, model)`` does per model."""
+
+    PARTS = ("first", "second")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first = torch.nn.Linear(IN_FEATURES, HIDDEN)
+        self.second = torch.nn.Linear(HIDDEN, OUT_FEATURES)
+
+    @staticmethod
+    def compose(first: Any, second: Any, x: torch.Tensor) -> torch.Tensor:
+        return second(torch.tanh(first(x)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.compose(self.first, self.second, x)
+
+
+class TwoHeads(torch.nn.Module):
+    """A trunk and two heads; ``route`` (0 or 1, one per micro-batch) picks the head. A head a rank did not route to
+    gets no gradient on that rank: DDP needs ``find_unused_parameters=True``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.trunk = torch.nn.Linear(IN_FEATURES, HIDDEN)
+        self.head_a = torch.nn.Linear(HIDDEN, OUT_FEATURES)
+        self.head_b = torch.nn.Linear(HIDDEN, OUT_FEATURES)
+
+    def forward(self, x: torch.Tensor, route: torch.Tensor) -> torch.Tensor:
+        hidden = torch.tanh(self.trunk(x))
+        return self.head_b(hidden) if int(route) == 1 else self.head_a(hidden)
+
+
+class ModelParts:
+    """Prepared parts of a model the user prepares piece by piece (``TwoModels``): called as the whole, iterated as
+    the parts (each with its optimizer, context and clipping). Its parameters are named ``<part>.<name>``, the names
+    the oracle's whole module gives them."""
+
+    def __init__(self, compose: Any, parts: dict[str, Any]) -> None:
+        self.compose, self.parts = compose, parts
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.compose(*self.parts.values(), x)
+
+    def parameters(self) -> Iterator[torch.nn.Parameter]:
+        for part in self.parts.values():
+            yield from part.parameters()
+
+
+def parts_of(name: str) -> tuple[str, ...]:
+    """The parts a model is prepared as, each with its own optimizer (one part: the model itself)."""
+    return TwoModels.PARTS if name == "twomodels" else ("",)
+
+
 def _tiny_gpt2() -> torch.nn.Module:
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -39,7 +99,7 @@ def _tiny_gpt2() -> torch.nn.Module:
 
 def build_model(name: str, seed: int) -> torch.nn.Module:
     """Same seed, same bytes: the fork of the RNG keeps the caller's global RNG stream untouched."""
-    builders = {"mlp": MLP, "gpt2": _tiny_gpt2}
+    builders = {"mlp": MLP, "gpt2": _tiny_gpt2, "twomodels": TwoModels, "twoheads": TwoHeads}
     if name not in builders:
         raise ValueError(f"model {name!r}: expected one of {', '.join(builders)}")
     with torch.random.fork_rng(devices=[]):
@@ -62,6 +122,8 @@ def _float64_default(model: Any) -> Iterator[None]:
 
 def forward_loss(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """The micro-batch loss a user would backpropagate: MSE for the MLP, token-mean cross-entropy for GPT-2."""
+    if "route" in batch:
+        return torch.nn.functional.mse_loss(model(batch["inputs"], batch["route"]), batch["targets"])
     if "inputs" in batch:
         return torch.nn.functional.mse_loss(model(batch["inputs"]), batch["targets"])
     with _float64_default(model):

@@ -22,7 +22,7 @@ import torch
 
 from .backends import build_optimizer, warmup
 from .data import cast, global_window_tokens, micro_batch, window_tokens
-from .models import build_model, forward_loss, forward_token_loss_sum
+from .models import build_model, forward_loss, forward_token_loss_sum, parts_of
 from .programs.model import Expectation
 from .scenario import TRAINER_NORMS, Scenario
 from .trace import Tensors, Trace
@@ -38,6 +38,9 @@ class OracleStep:
     # Per tensor, the sum over the window's micro-batches of max|micro-batch gradient| (mean over ranks): the scale
     # of the round-off a low-precision run accumulates over the window, even where the gradients cancel in the sum.
     window_scale: dict[str, float] | None = None
+    # Pre-clip norm of each part's gradients, in the order of its optimizers (one part: the global norm): what
+    # optimizer_step_and_zero_grad(optimizer_k, model_k) returns.
+    part_norms: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -62,9 +65,16 @@ class _Float64Run:
         self.model = build_model(scenario.model, scenario.seed).double()
         self.named = list(self.model.named_parameters())
         self.params = [p for _, p in self.named]
-        self.optimizer = build_optimizer(scenario.optimizer, self.params)
+        # One optimizer per part the user prepares (two models: two optimizers, each clipped and measured apart).
+        prefixes = [f"{part}." if part else "" for part in parts_of(scenario.model)]
+        self.parts = [[p for name, p in self.named if name.startswith(prefix)] for prefix in prefixes]
+        self.part_names = [[name for name, _ in self.named if name.startswith(prefix)] for prefix in prefixes]
+        self.optimizers = [build_optimizer(scenario.optimizer, part) for part in self.parts]
+        self.optimizer = self.optimizers[0]
         self.scheduler = (torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup)
                           if scenario.lr_schedule == "warmup" else None)
+        # Per (rank, micro-batch), the parameters its forward never reached (conditional computation): see ``unused``.
+        self._unused: dict[tuple[int, int], frozenset[str]] = {}
         windows = scenario.windows
         self._window_of = [range(start, start + w) for start, w in zip(_starts(windows), windows) for _ in range(w)]
 
@@ -95,18 +105,36 @@ class _Float64Run:
     def gradient(self, rank: int, index: int) -> tuple[float, Tensors]:
         loss, scaled = self.losses(rank, index)
         grads = torch.autograd.grad(scaled, self.params, allow_unused=True)
+        self._unused[(rank, index)] = frozenset(name for (name, _), g in zip(self.named, grads) if g is None)
         return float(loss.detach()), {name: (torch.zeros_like(p) if g is None else g.detach())
                                       for (name, p), g in zip(self.named, grads)}
 
-    def step(self, grads: Tensors, clip: float | None) -> tuple[float, float]:
-        """Clip ``grads`` once and step the optimizer: (pre-clip norm, lr used)."""
+    def unused(self, window: range | list[int]) -> frozenset[str]:
+        """Parameters no rank's forward reached in any micro-batch of ``window`` (after ``gradient`` ran for them): off
+        DeepSpeed they keep ``.grad`` None and the torch optimizer skips them (no AdamW decay, no moment update), as DDP
+        leaves a parameter no rank used; DeepSpeed reduces zeros for them and steps them (its all-reduce and ZeRO
+        partitions fill missing gradients with zeros), so there none is skipped."""
+        if self.s.is_deepspeed:
+            return frozenset()
+        sets = [self._unused.get((rank, m), frozenset()) for rank in range(self.s.world_size) for m in window]
+        return frozenset.intersection(*sets) if sets else frozenset()
+
+    def part_norms(self, grads: Tensors) -> list[float]:
+        return [_norm([grads[name] for name in names]) for names in self.part_names]
+
+    def step(self, grads: Tensors, clip: float | None, skip: frozenset[str] = frozenset()) -> tuple[float, float]:
+        """Clip each part's ``grads`` once and step its optimizer: (pre-clip global norm, lr used). ``skip``: parameters
+        without a gradient (``unused``)."""
         for name, p in self.named:
-            p.grad = grads[name].double().clone()
-        norm = torch.nn.utils.clip_grad_norm_(self.params, float("inf") if clip is None else clip)
+            p.grad = None if name in skip else grads[name].double().clone()
+        norm = _norm([grads[name].double() for name, _ in self.named])
+        for part in self.parts:
+            torch.nn.utils.clip_grad_norm_(part, float("inf") if clip is None else clip)
         lr = float(self.optimizer.param_groups[0]["lr"])
-        self.optimizer.step()
-        self.optimizer.zero_grad()
-        return float(norm), lr
+        for optimizer in self.optimizers:
+            optimizer.step()
+            optimizer.zero_grad()
+        return norm, lr
 
     def advance(self, scheduler_steps: int) -> None:
         """The lr schedule's steps at the end of a micro-batch (accelerate's wrapper may step it without a step)."""
@@ -116,6 +144,12 @@ class _Float64Run:
     @property
     def lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
+
+
+def _norm(tensors: list[torch.Tensor]) -> float:
+    if not tensors:
+        return 0.0
+    return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) for t in tensors])))
 
 
 def _starts(windows: tuple[int, ...]) -> list[int]:
@@ -177,8 +211,8 @@ def expected(scenario: Scenario, expectation: Expectation, probe: int | None = N
         mb = expectation.micro_batches[m]
         if mb.steps:
             averaged = _mean(accumulated)  # type: ignore[arg-type]
-            norm, lr = run.step(averaged, mb.clip)
-            trace.steps.append(OracleStep(m, norm, averaged, run.snapshot(), lr))
+            norm, lr = run.step(averaged, mb.clip, run.unused(range(last_step_end, m + 1)))
+            trace.steps.append(OracleStep(m, norm, averaged, run.snapshot(), lr, part_norms=run.part_norms(averaged)))
             accumulated, last_step_end = [None] * world, m + 1
         run.advance(mb.scheduler_steps)
     trace.leftover, trace.leftover_scale = _leftover(run, expectation, last_step_end, _played(expectation), world,
@@ -213,15 +247,15 @@ def teacher_forced(scenario: Scenario, expectation: Expectation, trace: Trace, p
             if m != steps[k]:
                 run.advance(expectation.micro_batches[m].scheduler_steps)
         averaged = _mean(per_rank)  # type: ignore[arg-type]
-        norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in averaged.values()])))
+        norm = _norm(list(averaged.values()))
         recorded = trace.steps[k].grads
         mb = expectation.micro_batches[steps[k]]
         params, lr = None, run.lr
         if recorded is not None and set(recorded) == set(averaged):
-            _, lr = run.step(recorded, mb.clip)
+            _, lr = run.step(recorded, mb.clip, run.unused(window))
             params = run.snapshot()
         run.advance(mb.scheduler_steps)
-        out.steps.append(OracleStep(steps[k], norm, averaged, params, lr, magnitude))
+        out.steps.append(OracleStep(steps[k], norm, averaged, params, lr, magnitude, run.part_norms(averaged)))
         before = trace.steps[k].params
     end = steps[len(out.steps) - 1] + 1 if out.steps else 0
     if len(out.steps) == len(windows) and trace.final_params:

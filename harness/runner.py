@@ -13,6 +13,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from . import metrics, oracle
 from .compare import Deviation
+from .models import parts_of
 from .programs.model import Expectation, Facts, InvalidProgram, expect
 from .properties import CODES, REGISTRY, SUBJECT, Evidence, Need, NotDecided, Property, applicable
 from .properties.batch_split import SPLIT_REFERENCE, split_compared, split_loss_drift
@@ -110,7 +111,8 @@ class Runner:
         if key not in self._expectations:
             started = time.perf_counter()
             self._expectations[key] = expect(scenario.program, Facts(**facts), scenario.configured_g, scenario.clip,
-                                             scheduler=scenario.lr_schedule != "const")
+                                             scheduler=scenario.lr_schedule != "const",
+                                             optimizers=len(parts_of(scenario.model)))
             self._timed("model", started)
         return self._expectations[key]
 

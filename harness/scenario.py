@@ -29,7 +29,7 @@ OPTIMIZERS = ("sgd", "adamw")
 PRECISIONS = ("fp32", "bf16")
 CLIPS = (1.0, None)
 WORLD_SIZES = (1, 2)
-MODELS = ("mlp", "gpt2")
+MODELS = ("mlp", "gpt2", "twomodels", "twoheads")
 # How the user turns a micro-batch into the loss it backpropagates: ``mean`` = the model's own mean loss (the
 # engine / accelerate divide it by G); ``tokens`` = the token-level sum divided by the rank's token count of the
 # whole window, passed with ``backward(loss, scale_wrt_gas=False)`` (DeepSpeed; transformers #34191, #35808).
@@ -263,6 +263,14 @@ def invalid_reason(s: Scenario) -> str | None:
         return "backend 'single' is one process (world size 1)"
     if s.backend in ("ddp", "fsdp") and s.world_size != 2:
         return f"backend {s.backend!r} needs world size 2"
+    if s.model == "twomodels" and (s.is_deepspeed or s.api in ("trainer",) or s.lr_schedule != "const"):
+        return ("model 'twomodels' prepares two models with an optimizer each, off DeepSpeed (whose engine owns one "
+                "optimizer: a second one is refused by DESIGN §3), with a constant lr")
+    if s.model == "twoheads" and s.zero_stage == 3:
+        return ("model 'twoheads' is not runnable on ZeRO-3: DeepSpeed gathers each module's parameters as the forward "
+                "reaches it, and ranks routed to different heads ask for different gathers (measured on deepspeed "
+                "0.19.8 with upstream accelerate 1.15: 'Detected a disagreement on list contents between rank0 and "
+                "rank1'; ZeRO 0-2, DDP and FSDP2 train it)")
     if s.loss_norm == "user" and not s.is_deepspeed:
         return "loss_norm 'user' passes DeepSpeed's scale_wrt_gas=False"
     if s.loss_norm == "innermodule" and (not s.is_deepspeed or s.model != "mlp" or s.api in ("trainer",)):

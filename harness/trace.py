@@ -24,6 +24,7 @@ class StepRecord:
     grads: Tensors | None = None  # pre-clip, averaged over ranks, unpartitioned; None: could not be read
     lr: float | None = None  # the learning rate this step used
     engine_grad_norm: float | None = None  # engine.get_global_grad_norm() right after the step (DeepSpeed)
+    optimizers: tuple[int, ...] = (0,)  # which optimizers stepped during this micro-batch (two models: both, once)
 
 
 @dataclass
@@ -31,8 +32,8 @@ class Trace:
     rank: int
     losses: list[float] = field(default_factory=list)
     steps: list[StepRecord] = field(default_factory=list)
-    # optimizer_step_and_zero_grad's return value by micro-batch, for the micro-batches that called it
-    returned: dict[int, float | None] = field(default_factory=dict)
+    # What each optimizer_step_and_zero_grad call returned, by micro-batch, in call order (one call per optimizer)
+    returned: dict[int, list[float | None]] = field(default_factory=dict)
     sync_gradients: list[bool] = field(default_factory=list)  # accelerator.sync_gradients after each backward
     # Sum of all local .grad elements (float64) after each backward; None where gradients are partitioned
     # (ZeRO). Ranks see different data, so equal digests across ranks mean the gradients were all-reduced.
@@ -67,29 +68,47 @@ class StepRecorder:
         self.micro_step = -1
         self._pre_clip_grads: Tensors | None = None
 
-    def _record(self, grads: Tensors | None, lr: float | None, engine_grad_norm: float | None = None) -> None:
-        self.trace.steps.append(StepRecord(self.micro_step, self.params(), grads, lr, engine_grad_norm))
+    def _record(self, grads: Tensors | None, lr: float | None, engine_grad_norm: float | None = None,
+                optimizer: int = 0) -> None:
+        """One record per micro-batch that stepped: a second optimizer stepping in the same micro-batch (two models)
+        joins the record (the parameters after both; the gradients from before the first), a repeated step of the
+        same optimizer is a record of its own, so a double step shows."""
+        last = self.trace.steps[-1] if self.trace.steps else None
+        if last is not None and last.micro_step == self.micro_step and optimizer not in last.optimizers:
+            last.params, last.optimizers = self.params(), last.optimizers + (optimizer,)
+            return
+        self.trace.steps.append(StepRecord(self.micro_step, self.params(), grads, lr, engine_grad_norm, (optimizer,)))
+
+    def at_backward_end(self, boundary_reported: bool) -> None:
+        """Off DeepSpeed, the gradients a step will use are complete (reduced) when the backward of its micro-batch
+        returns, and the user clips them after: taken here, at every micro-batch the target reports as a boundary,
+        they are the pre-clip gradients however the target clips (through ``clip_grad_norm_`` or its own way).
+        A step on a micro-batch reported as no boundary (a bug) still records what it stepped on."""
+        self._pre_clip_grads = self.grads() if boundary_reported else None
 
     def wrap_clip(self, accelerator: Any) -> None:
         """Off DeepSpeed the user clips before ``optimizer.step()``, so the pre-clip gradients are taken here."""
         original = accelerator.clip_grad_norm_
 
         def clip_grad_norm_(*args: Any, **kwargs: Any) -> Any:
-            self._pre_clip_grads = self.grads()
+            if self._pre_clip_grads is None:  # two models clip one after the other: the first call sees both unclipped
+                self._pre_clip_grads = self.grads()
             return original(*args, **kwargs)
 
         accelerator.clip_grad_norm_ = clip_grad_norm_
 
-    def wrap_optimizer_step(self, optimizer: Any) -> None:
-        """Every call of the raw torch optimizer's ``step`` is a real step."""
+    def wrap_optimizer_step(self, optimizer: Any, index: int = 0) -> None:
+        """Every call of the raw torch optimizer's ``step`` is a real step (``index``: which optimizer, of two)."""
         original = optimizer.step
 
         def step(*args: Any, **kwargs: Any) -> Any:
-            grads = self._pre_clip_grads if self._pre_clip_grads is not None else self.grads()
+            last = self.trace.steps[-1] if self.trace.steps else None
+            joins = last is not None and last.micro_step == self.micro_step and index not in last.optimizers
+            grads = None if joins else (self._pre_clip_grads if self._pre_clip_grads is not None else self.grads())
             self._pre_clip_grads = None
             lr = self.lr()
             result = original(*args, **kwargs)
-            self._record(grads, lr)
+            self._record(grads, lr, optimizer=index)
             return result
 
         optimizer.step = step

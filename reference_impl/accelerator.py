@@ -257,10 +257,24 @@ class BoundaryAwareAccelerator(Accelerator):
         parameters = list(model.parameters()) if model is not None else _optimizer_parameters(optimizer)
         # An infinite bound measures without changing the gradients (the clip coefficient clamps to 1).
         bound = float("inf") if max_grad_norm is None else float(max_grad_norm)
-        norm = self.clip_grad_norm_(parameters, bound)
+        norm = self._clip_for_step(parameters, bound)
         optimizer.step()
         optimizer.zero_grad()
         return float(norm)
+
+    def _clip_for_step(self, parameters: list[torch.nn.Parameter], bound: float) -> Any:
+        """accelerate's ``clip_grad_norm_`` under FSDP finds the model the parameters belong to by comparing parameter
+        lists with ``==``: an elementwise DTensor comparison, which raises for every prepared model but the first
+        (two FSDP2 models: "Attempting to broadcast a dimension ...", accelerate 1.15, measured; no upstream thread
+        found). There the reference clips that model's parameters through accelerate's own DTensor-aware clipping
+        (what ``clip_grad_norm_`` would have reached); everywhere else it is ``clip_grad_norm_`` itself."""
+        models = getattr(self, "_models", [])
+        aware = getattr(self, "_clip_grad_norm_dtensor_aware", None)
+        if (self.distributed_type == DistributedType.FSDP and getattr(self, "is_fsdp2", False) and len(models) > 1
+                and callable(aware) and not _same_parameters(models[0], parameters)):
+            self.unscale_gradients()
+            return aware(parameters, bound)
+        return self.clip_grad_norm_(parameters, bound)
 
     def _refuse_foreign_optimizer(self, optimizer: Any) -> None:
         """DeepSpeed's engine owns its one optimizer and already stepped it in ``backward``: a call naming another
@@ -288,6 +302,12 @@ class BoundaryAwareAccelerator(Accelerator):
                 f"gradient_clipping={configured}; DeepSpeed clips with its config value, set both alike",
                 stacklevel=3,
             )
+
+
+def _same_parameters(model: torch.nn.Module, parameters: list[torch.nn.Parameter]) -> bool:
+    """By identity: ``==`` on tensors compares elements."""
+    own = list(model.parameters())
+    return len(own) == len(parameters) and all(a is b for a, b in zip(own, parameters))
 
 
 def _wrapped_chain(optimizer: Any) -> list[Any]:

@@ -58,7 +58,8 @@ class MicroExpect:
     steps: bool  # a real optimizer step happens during this micro-batch
     clip: float | None = None  # the bound that step clips to (None: no clipping)
     reduces: bool | None = None  # gradients all-reduced across ranks during this micro-batch; None: not judged
-    returned: str | None = None  # optimizer_step_and_zero_grad: "norm", "none" or "-1"; None: not called
+    # optimizer_step_and_zero_grad, per call in order (one per optimizer): "norm", "none" or "-1"; None: not called
+    returned: tuple[str, ...] | None = None
     scheduler_steps: int = 0  # lr-scheduler steps taken at the end of this micro-batch (after its step)
 
 
@@ -95,7 +96,7 @@ class _State:
     ddp_sync_enabled: bool = True  # DDP's require_backward_grad_sync outside any no_sync context
     unreduced: bool = False  # DDP: some gradient was accumulated without an all-reduce since the last one
     last_boundary: bool | None = None
-    consumed: bool = False
+    stepped: set[int] = field(default_factory=set)  # optimizers stepped by optimizer_step_and_zero_grad since backward
     stepped_last_backward: bool = False
     pending: bool = False  # gradients accumulated since the last step
     engine_flag: bool | None = None  # DeepSpeed's sticky boundary flag
@@ -106,14 +107,16 @@ class _State:
 
 
 def expect(program: Program, facts: Facts, gradient_accumulation_steps: int, clip: float | None,
-           scheduler: bool = False) -> Expectation:
-    """The expectation for ``program`` on a stack with these facts (raises ``InvalidProgram``)."""
+           scheduler: bool = False, optimizers: int = 1) -> Expectation:
+    """The expectation for ``program`` on a stack with these facts (raises ``InvalidProgram``). ``optimizers``: how
+    many models the loop prepared, each with its optimizer (every step and optimizer_step_and_zero_grad call of the
+    program is made once per optimizer, in order)."""
     state = _State()
     g = gradient_accumulation_steps
     for index, mb in enumerate(program.micro_batches):
         last_of_loader = program.dataloader and index == len(program) - 1
         try:
-            state.expects.append(_micro_batch(state, mb, facts, g, clip, scheduler, index, last_of_loader))
+            state.expects.append(_micro_batch(state, mb, facts, g, clip, scheduler, index, last_of_loader, optimizers))
         except _Raises as raised:
             return _finish(state, facts, error=raised.name, error_at=index)
     return _finish(state, facts)
@@ -132,7 +135,7 @@ def _finish(state: _State, facts: Facts, error: str | None = None, error_at: int
 
 
 def _micro_batch(s: _State, mb: MicroBatch, facts: Facts, g: int, clip: float | None, scheduler: bool,
-                 index: int, last_of_loader: bool) -> MicroExpect:
+                 index: int, last_of_loader: bool, optimizers: int = 1) -> MicroExpect:
     if mb.driver == "engine":
         return _engine_micro_batch(s, mb, facts, g, clip, scheduler, index)
     # §3 set_deepspeed_gradient_accumulation_boundary: persistent; None clears it; on DeepSpeed it reaches the
@@ -182,7 +185,8 @@ def _micro_batch(s: _State, mb: MicroBatch, facts: Facts, g: int, clip: float | 
             s.unreduced = False if reduces else True
         s.pending = True
         steps = False
-    s.last_boundary, s.consumed = boundary, False
+    s.last_boundary = boundary
+    s.stepped.clear()
     if facts.deepspeed:
         s.pending = not steps  # the engine zeroes its gradients at every step
     returned, step_clip, sched = None, None, 0
@@ -192,16 +196,23 @@ def _micro_batch(s: _State, mb: MicroBatch, facts: Facts, g: int, clip: float | 
             steps = _optimizer_step(s, index)
             step_clip = clip if mb.after == "clip_step" else None
     elif mb.after == "step_and_zero_grad":
-        # §3 "at a boundary": the resolved boundary of the most recent backward; a second call does nothing.
-        at_boundary = bool(s.last_boundary) and not s.consumed
-        s.consumed = s.consumed or at_boundary
-        if facts.deepspeed:
-            returned = "norm" if (at_boundary and s.stepped_last_backward) else "none"
-        elif at_boundary:
-            steps = _optimizer_step(s, index)
-            step_clip, returned = clip, "norm"
-        else:
-            returned = "none"
+        # §3 "at a boundary": the resolved boundary of the most recent backward. §3 "Each optimizer steps once per
+        # boundary": a second call for the same optimizer after the same boundary does nothing; a call for another
+        # optimizer (two models) steps that one.
+        kinds = []
+        for optimizer in range(optimizers):
+            at_boundary = bool(s.last_boundary) and optimizer not in s.stepped
+            if at_boundary:
+                s.stepped.add(optimizer)
+            if facts.deepspeed:
+                kinds.append("norm" if (at_boundary and s.stepped_last_backward) else "none")
+            elif at_boundary:
+                steps = _optimizer_step(s, index)
+                step_clip = clip
+                kinds.append("norm")
+            else:
+                kinds.append("none")
+        returned = tuple(kinds)
     if facts.deepspeed and steps:
         step_clip = clip  # DeepSpeed clips with its config's gradient_clipping at every step
     if scheduler and mb.after != "none" and reported:

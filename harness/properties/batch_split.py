@@ -78,8 +78,8 @@ def _judge(scenario: Scenario, evidence: Evidence) -> list[Deviation]:
         for k, (got, want) in enumerate(zip(mine, theirs)):
             found += compare_scalar(got, want, scenario=sid, prop=name, label="window loss",
                                     where=f"{where} · window {k + 1}", rtol=rtol, atol=atol)
-        norms = [trace.returned[i] for i in sorted(trace.returned) if trace.returned[i] is not None]
-        base_norms = [base.returned[i] for i in sorted(base.returned) if base.returned[i] is not None]
+        norms = [v for i in sorted(trace.returned) for v in trace.returned[i] if v is not None]
+        base_norms = [v for i in sorted(base.returned) for v in base.returned[i] if v is not None]
         if trace.returned or base.returned:
             found += lengths(scenario, name, where, "returned norms", len(norms), len(base_norms))
         for k, (step, base_step) in enumerate(zip(trace.steps, base.steps)):

@@ -3,6 +3,7 @@ the model of DESIGN §3; P5 dynamic schedules (and generated programs) match the
 from __future__ import annotations
 
 from ..compare import Deviation, compare_scalar
+from ..models import parts_of
 from ..scenario import Scenario
 from .base import Evidence, Property, register, subject
 from .checks import lengths, not_recorded, step_label
@@ -26,6 +27,15 @@ def _p4_judge(scenario: Scenario, evidence: Evidence) -> list[Deviation]:
             found.append(Deviation(scenario.id, name, rank, "optimizer steps",
                                    f"stepped during micro-batches {got_at}, want {want_at} "
                                    f"({len(got_at)} vs {len(want_at)} steps)"))
+        # §3 "Each optimizer steps once per boundary": with two models, both optimizers at every step.
+        every = tuple(range(len(parts_of(scenario.model))))
+        for k, step in enumerate(trace.steps):
+            if tuple(sorted(step.optimizers)) != every:
+                found.append(Deviation(scenario.id, name, f"{rank} · {step_label(k, len(want_at))} (micro-batch "
+                                       f"{step.micro_step})", "optimizers stepped",
+                                       f"optimizers {[i + 1 for i in step.optimizers]} stepped, want each of "
+                                       f"{[i + 1 for i in every]} once"))
+                break
         found += lengths(scenario, name, rank, "accelerator.sync_gradients reports", len(trace.sync_gradients),
                          len(want_sync))
         for index, (got, want) in enumerate(zip(trace.sync_gradients, want_sync)):

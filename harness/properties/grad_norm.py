@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..compare import Deviation, compare_scalar
 from ..scenario import Scenario
 from .base import Evidence, Property, register, subject
-from .checks import gradient_tolerance, not_recorded, step_label
+from .checks import gradient_tolerance, lengths, not_recorded, step_label
 
 RETURNED = "optimizer_step_and_zero_grad()"
 
@@ -20,7 +20,8 @@ def _judge(scenario: Scenario, evidence: Evidence) -> list[Deviation]:
     local = evidence.local()
     rtol, atol, _ = gradient_tolerance(scenario, max((len(w) for w in expectation.windows), default=1))
     name = P6.name
-    norm_at = {step.micro_step: step.pre_clip_norm for step in local.steps}
+    # What optimizer_step_and_zero_grad(optimizer_k, model_k) returns at step k's micro-batch: that part's norm.
+    norm_at = {step.micro_step: step.part_norms or [step.pre_clip_norm] for step in local.steps}
     zero_stage = scenario.zero_stage
     found: list[Deviation] = []
     for trace in traces:
@@ -31,24 +32,15 @@ def _judge(scenario: Scenario, evidence: Evidence) -> list[Deviation]:
                                    "returned a value where the program never called it"))
         for index in sorted(called):
             where = f"{rank} · micro-batch {index}"
-            if index not in trace.returned:
+            kinds = expectation.micro_batches[index].returned
+            got_all = trace.returned.get(index)
+            if got_all is None:
                 found.append(not_recorded(scenario, name, where, f"what {RETURNED} returned"))
                 continue
-            got, kind = trace.returned[index], expectation.micro_batches[index].returned
-            if kind == "none":
-                found += compare_scalar(got, None, scenario=scenario.id, prop=name, where=f"{where} (not a boundary)",
-                                        label=RETURNED, rtol=rtol, atol=atol)
-            elif kind == "-1":
-                found += compare_scalar(got, -1.0, scenario=scenario.id, prop=name, where=where, label=RETURNED,
-                                        rtol=0.0, atol=0.0)
-            elif index not in norm_at:
-                found.append(not_recorded(scenario, name, where, "the step whose norm was returned"))
-            else:
-                if got is not None and not isinstance(got, float):
-                    found.append(Deviation(scenario.id, name, where, RETURNED, f"returned {type(got).__name__}, "
-                                           "want a Python float"))
-                found += compare_scalar(got, norm_at[index], scenario=scenario.id, prop=name, where=where,
-                                        label=f"{RETURNED} (pre-clip norm)", rtol=rtol, atol=atol)
+            found += lengths(scenario, name, where, f"{RETURNED} calls", len(got_all), len(kinds))
+            for call, (got, kind) in enumerate(zip(got_all, kinds)):
+                at = where if len(kinds) == 1 else f"{where} · call {call + 1} (optimizer {call + 1} of {len(kinds)})"
+                found += _returned(scenario, at, got, kind, index, call, norm_at, rtol, atol)
         if zero_stage is None:
             continue
         for k, (step, want) in enumerate(zip(trace.steps, local.steps)):
@@ -61,6 +53,25 @@ def _judge(scenario: Scenario, evidence: Evidence) -> list[Deviation]:
                 found += compare_scalar(step.engine_grad_norm, want.pre_clip_norm, scenario=scenario.id, prop=name,
                                         where=where, label="engine.get_global_grad_norm()", rtol=rtol, atol=atol)
     return found
+
+
+def _returned(scenario: Scenario, where: str, got: float | None, kind: str, index: int, call: int,
+              norm_at: dict[int, list[float]], rtol: float, atol: float) -> list[Deviation]:
+    """One call's return value against what §3 says: None off a boundary (or for a second call of the same optimizer),
+    -1.0 where a step happened and no norm can be had, else the pre-clip norm of that optimizer's model as a float."""
+    name = P6.name
+    if kind == "none":
+        return compare_scalar(got, None, scenario=scenario.id, prop=name, where=f"{where} (not a boundary)",
+                              label=RETURNED, rtol=rtol, atol=atol)
+    if kind == "-1":
+        return compare_scalar(got, -1.0, scenario=scenario.id, prop=name, where=where, label=RETURNED, rtol=0.0, atol=0.0)
+    if index not in norm_at or call >= len(norm_at[index]):
+        return [not_recorded(scenario, name, where, "the step whose norm was returned")]
+    found = []
+    if got is not None and not isinstance(got, float):
+        found.append(Deviation(scenario.id, name, where, RETURNED, f"returned {type(got).__name__}, want a Python float"))
+    return found + compare_scalar(got, norm_at[index][call], scenario=scenario.id, prop=name, where=where,
+                                  label=f"{RETURNED} (pre-clip norm)", rtol=rtol, atol=atol)
 
 
 P6 = register(Property(
