@@ -266,8 +266,14 @@ def invalid_reason(s: Scenario) -> str | None:
     if s.model == "twomodels" and (s.is_deepspeed or s.api in ("trainer",) or s.lr_schedule != "const"):
         return ("model 'twomodels' prepares two models with an optimizer each, off DeepSpeed (whose engine owns one "
                 "optimizer: a second one is refused by DESIGN §3), with a constant lr")
+    if (s.model == "twomodels" and s.backend == "fsdp" and s.clip is not None
+            and any(mb.after == "clip_step" for mb in s.program.micro_batches)):
+        return ("not runnable: accelerate's clip_grad_norm_ raises for the second of two FSDP2 models (it finds the "
+                "model by comparing parameter lists with ==, elementwise on DTensors: 'Attempting to broadcast a "
+                "dimension', measured on accelerate 1.15.0, upstream alike; docs/repros/accelerate-fsdp2-clip-two-"
+                "models.py); optimizer_step_and_zero_grad and unclipped loops run")
     if s.model == "twoheads" and s.zero_stage == 3:
-        return ("model 'twoheads' is not runnable on ZeRO-3: DeepSpeed gathers each module's parameters as the forward "
+        return ("not runnable: model 'twoheads' on ZeRO-3: DeepSpeed gathers each module's parameters as the forward "
                 "reaches it, and ranks routed to different heads ask for different gathers (measured on deepspeed "
                 "0.19.8 with upstream accelerate 1.15: 'Detected a disagreement on list contents between rank0 and "
                 "rank1'; ZeRO 0-2, DDP and FSDP2 train it)")
@@ -402,6 +408,39 @@ def split_groups(backends: Iterable[str] = BACKENDS) -> list[Scenario]:
     return out
 
 
+def shapes(backends: Iterable[str] = BACKENDS) -> list[Scenario]:
+    """The model shapes of issues 27 and 28 on every backend that takes them, with every style that can force a
+    boundary (dynamic windows: boundaries forced inside accumulate()'s and the user's no_sync) and the untouched styles
+    on uniform windows (P3: upstream's bytes; P1's baseline): two models with an optimizer each (a GAN, an actor and a
+    critic), and a trunk with two heads routed per rank and micro-batch (conditional computation)."""
+    keep = set(backends)
+    out: list[Scenario] = []
+    # Forced inside accumulate()'s no_sync (auto on dynamic windows: issue 28's loop) and by each method alone.
+    forcing = {"twomodels": ("kwarg", "set_boundary", "step_and_zero_grad"),
+               "twoheads": ("auto", "kwarg", "step_and_zero_grad")}
+    for model in ("twomodels", "twoheads"):
+        for backend in BACKENDS:
+            if backend not in keep:
+                continue
+            world = 1 if backend == "single" else 2
+            untouched = ("auto", "ds_native") if backend.startswith("ds") else ("auto", "ddp_native")
+            uniform = untouched if model == "twomodels" else (untouched[1], "set_boundary")
+            candidates = [*({"api": api, "schedule": "dyn3142"} for api in forcing[model]),
+                          *({"api": api, "schedule": "uni4"} for api in uniform)]
+            for axes in candidates:
+                # AdamW for the heads: a head no rank used in a window is skipped off DeepSpeed (no weight decay, no
+                # moment update) and stepped on zeros by DeepSpeed; SGD could not tell the two apart.
+                optimizer = "adamw" if model == "twoheads" else "sgd"
+                scenario = _build({"backend": backend, "model": model, "world_size": world, "optimizer": optimizer,
+                                   **axes})
+                if scenario is None:  # two FSDP2 models cannot be clipped through clip_grad_norm_: the same unclipped
+                    scenario = _build({"backend": backend, "model": model, "world_size": world,
+                                       "optimizer": optimizer, "clip": None, **axes})
+                if scenario is not None:
+                    out.append(scenario)
+    return out
+
+
 PROFILE_BUILDERS: dict[str, Callable[..., list[Scenario]]] = {"quick": quick, "ci": pairwise, "full": full_product}
 
 
@@ -428,7 +467,8 @@ def profile(name: str, backends: Iterable[str] = BACKENDS) -> list[Scenario]:
     chosen = PROFILE_BUILDERS[name](backends)
     if name != "quick":
         seen = set(chosen)
-        chosen += [s for s in split_groups(backends) + clients(backends) if s not in seen and not seen.add(s)]
+        chosen += [s for s in split_groups(backends) + clients(backends) + shapes(backends)
+                   if s not in seen and not seen.add(s)]
     return chosen
 
 

@@ -78,6 +78,9 @@ WORLD_CATCHES = [
     ("clip_shrinks_gradients", _s("ddp", "kwarg", "uni4"), "P2"),
     ("counts_boundary_twice", _s("ds1", "kwarg", "uni4", optimizer="adamw", precision="bf16"), "P8"),
     ("override_outlives_accelerator", _s("ddp", "auto", "uni4"), "P8-leak"),
+    # Issue 27: the first optimizer_step_and_zero_grad after a boundary consumed it for every optimizer (428deb9).
+    ("global_step_consumed", _s("ddp", "step_and_zero_grad", "dyn3142", model="twomodels"), "P4"),
+    ("global_step_consumed", _s("single", "step_and_zero_grad", "dyn3142", model="twomodels"), "P5"),
 ]
 
 
@@ -132,6 +135,27 @@ def test_shrunk_program_catches_its_mutant(pool, mutant: str, scenario: Scenario
     verdict = Runner(target(mutant), pool=pool).verdict(scenario, code)
     assert verdict.outcome in ("fail", "error"), f"{mutant} went unnoticed by {code} on {scenario.id}: " \
                                                  f"{verdict.outcome} {verdict.reason or ''}"
+
+
+@pytest.mark.world
+def test_a_collective_mismatch_costs_its_scenario_and_the_run_goes_on(pool) -> None:
+    """Issue 28: the per-tensor re-sync of 428deb9 under conditional computation makes the ranks pair different
+    tensors; the scenario ends in ``error`` naming it (every rank's story), within its timeout, and the next scenario in
+    the same runner passes."""
+    broken = _s("ddp", "auto", "dyn3142", model="twoheads", optimizer="adamw")
+    after = _s("ddp", "kwarg", "uni4")
+    runner = Runner(target("per_tensor_resync"), pool=pool)
+    first, second = runner.verdict(broken, "P5"), runner.verdict(after, "P2")
+    assert first.outcome == "error" and first.reason, first
+    result = runner.job(_need(broken))
+    assert result.status == "error" and set(result.errors) == {0, 1}, result.errors
+    assert second.outcome == "pass", second
+
+
+def _need(scenario: Scenario):
+    from harness.properties import SUBJECT, Need
+
+    return Need(SUBJECT, scenario)
 
 
 def test_every_property_has_a_mutant() -> None:
