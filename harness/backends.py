@@ -34,6 +34,16 @@ def warmup(step: int) -> float:
     return min(1.0, (step + 1) / WARMUP_STEPS)
 
 
+def decay(step: int) -> float:
+    """An lr that changes at every scheduler step, however many (the oracle uses the same function): a scheduler
+    advanced once too often or too rarely shows at any step, not only during a warm-up."""
+    return DECAY_RATE ** step
+
+
+DECAY_RATE = 0.8
+LR_LAMBDAS = {"warmup": warmup, "decay": decay}
+
+
 def deepspeed_config(scenario: Scenario) -> dict[str, Any]:
     zero: dict[str, Any] = {"stage": scenario.zero_stage}
     config: dict[str, Any] = {
@@ -100,6 +110,7 @@ class Prepared:
     parts: list[Any] = field(default_factory=list)
     optimizers: list[Any] = field(default_factory=list)
     schedulers: list[Any] = field(default_factory=list)
+    rebuild_arguments: Any = None
 
 
 def _accelerator_kwargs(scenario: Scenario) -> dict[str, Any]:
@@ -141,11 +152,36 @@ def build(scenario: Scenario, accelerator_cls: Any, config_overrides: dict[str, 
             module, optimizer = accelerator.prepare(module, optimizer)
             scheduler = None
         else:
-            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup)
+            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, LR_LAMBDAS[scenario.lr_schedule])
             module, optimizer, scheduler = accelerator.prepare(module, optimizer, scheduler)
         prepared.parts.append(module)
         prepared.optimizers.append(optimizer)
         prepared.schedulers.append(scheduler)
+    prepared.model = (ModelParts(TwoModels.compose, dict(zip(names, prepared.parts))) if len(names) > 1
+                      else prepared.parts[0])
+    prepared.rebuild_arguments = (scenario, accelerator_cls)
+    return prepared
+
+
+def rebuild(run: Any) -> Prepared:
+    """A second accelerator of the same class with the same arguments, preparing the same model(s) and optimizer(s)
+    (unwrapped) as a user's second phase does; off DeepSpeed and FSDP2 (accelerate refuses a second DeepSpeed plugin,
+    and FSDP2 would shard a sharded module again). accelerate's shared state is left as it is."""
+    scenario = run.scenario
+    if scenario.is_deepspeed or scenario.backend == "fsdp":
+        raise ValueError(f"{scenario.id}: a second accelerator runs on single and ddp only")
+    first = run.accelerator
+    accelerator = type(first)(cpu=not torch.cuda.is_available(), gradient_accumulation_steps=scenario.configured_g,
+                              mixed_precision="bf16" if scenario.precision == "bf16" else "no",
+                              **_accelerator_kwargs(scenario))
+    prepared = Prepared(accelerator, None)
+    for part, optimizer, scheduler in zip(run.parts, run.optimizers, run.schedulers):
+        objects = [first.unwrap_model(part), optimizer.optimizer] + ([scheduler.scheduler] if scheduler else [])
+        again = accelerator.prepare(*objects)
+        prepared.parts.append(again[0])
+        prepared.optimizers.append(again[1])
+        prepared.schedulers.append(again[2] if scheduler else None)
+    names = parts_of(scenario.model)
     prepared.model = (ModelParts(TwoModels.compose, dict(zip(names, prepared.parts))) if len(names) > 1
                       else prepared.parts[0])
     return prepared

@@ -105,13 +105,39 @@ class Run:
                 scheduler.step()
             optimizer.zero_grad()
 
-    def step_and_zero_grad(self, index: int) -> None:
-        """Method 3 for each model and its optimizer, in order; every value returned is recorded."""
+    def step_and_zero_grad(self, index: int, mb: MicroBatch) -> None:
+        """Method 3 for each model and its optimizer, in order, in the micro-batch's call form (with or without the
+        model, its max_grad_norm, once or twice); every value returned is recorded."""
         method = self.new_api("optimizer_step_and_zero_grad")
+        bound = mb.max_grad_norm(self.scenario.clip)
         for part, optimizer, scheduler in zip(self.parts, self.optimizers, self.schedulers):
-            self.trace.returned.setdefault(index, []).append(method(optimizer, part, self.scenario.clip))
+            for _ in range(2 if mb.form == "twice" else 1):
+                if mb.form == "no_model":
+                    value = method(optimizer, max_grad_norm=bound)
+                else:
+                    value = method(optimizer, part, max_grad_norm=bound)
+                self.trace.returned.setdefault(index, []).append(value)
             if scheduler is not None:
                 scheduler.step()
+
+    def query(self, index: int) -> None:
+        """What user code reads between the calls, before the forward: ``accelerator.sync_gradients`` and, on
+        DeepSpeed, ``engine.is_gradient_accumulation_boundary()`` (ZeRO-3 prefetch reads the same)."""
+        engine = getattr(getattr(self.accelerator, "deepspeed_engine_wrapped", None), "engine", None)
+        asks = getattr(engine, "is_gradient_accumulation_boundary", None)
+        self.trace.queries[index] = (bool(self.accelerator.sync_gradients), bool(asks()) if callable(asks) else None)
+
+    def second_accelerator(self) -> None:
+        """The user builds a second accelerator of the same class and prepares the same model(s) and optimizer(s)
+        with it (DESIGN §3 "A new accelerator starts without one"): accelerate's state stays as it is, as in a user's
+        process."""
+        from .backends import rebuild
+
+        prepared = rebuild(self)
+        self.accelerator, self.model = prepared.accelerator, prepared.model
+        self.parts, self.optimizers, self.schedulers = prepared.parts, prepared.optimizers, prepared.schedulers
+        if self.recorder is not None:
+            self.recorder.wrap_clip(self.accelerator)
 
 
 @contextlib.contextmanager
@@ -141,6 +167,8 @@ def run_micro_batch(run: Run, index: int, mb: MicroBatch, count_collectives: boo
     if mb.set_boundary != NO_CALL:
         run.new_api("set_deepspeed_gradient_accumulation_boundary")(mb.set_boundary)
     with _context(run, mb.context):
+        if mb.query:
+            run.query(index)
         loss = run.loss(index)
         with _counted(run, count_collectives):
             run.backward(loss, mb.backward)
@@ -150,7 +178,7 @@ def run_micro_batch(run: Run, index: int, mb: MicroBatch, count_collectives: boo
         elif mb.after == "clip_step":
             run.step(clip=True)
         elif mb.after == "step_and_zero_grad":
-            run.step_and_zero_grad(index)
+            run.step_and_zero_grad(index, mb)
 
 
 def _local(grad: torch.Tensor) -> torch.Tensor:
@@ -208,4 +236,6 @@ def train(run: Run, recorder: StepRecorder, count_collectives: bool = False) -> 
     run.recorder = recorder
     for index in micro_batch_indices(run):
         recorder.micro_step = index
+        if index == program.restart_at:
+            run.second_accelerator()
         run_micro_batch(run, index, program.micro_batches[index], count_collectives)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .backends import build_optimizer, warmup
+from .backends import LR_LAMBDAS, build_optimizer
 from .data import cast, global_window_tokens, micro_batch, window_tokens
 from .models import build_model, forward_loss, forward_token_loss_sum, parts_of
 from .programs.model import Expectation
@@ -71,8 +71,8 @@ class _Float64Run:
         self.part_names = [[name for name, _ in self.named if name.startswith(prefix)] for prefix in prefixes]
         self.optimizers = [build_optimizer(scenario.optimizer, part) for part in self.parts]
         self.optimizer = self.optimizers[0]
-        self.scheduler = (torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup)
-                          if scenario.lr_schedule == "warmup" else None)
+        self.scheduler = (torch.optim.lr_scheduler.LambdaLR(self.optimizer, LR_LAMBDAS[scenario.lr_schedule])
+                          if scenario.lr_schedule in LR_LAMBDAS else None)
         # Per (rank, micro-batch), the parameters its forward never reached (conditional computation): see ``unused``.
         self._unused: dict[tuple[int, int], frozenset[str]] = {}
         windows = scenario.windows

@@ -47,7 +47,9 @@ TRAINER_NORMS = ("trainer", "trainermask0")
 # The learning rate: constant, or a linear warm-up over 4 scheduler steps (LambdaLR), prepared by accelerate, so that
 # "step counts and lr schedule follow" (P4) is measured: accelerate's scheduler wrapper steps num_processes times per
 # optimizer step, DeepSpeed's engine once per boundary.
-LR_SCHEDULES = ("const", "warmup")
+LR_SCHEDULES = ("const", "warmup", "decay")
+# The profiles combine these; "decay" (an lr that changes at every scheduler step) is drawn by generated programs.
+PROFILE_LR_SCHEDULES = ("const", "warmup")
 WARMUP_STEPS = 4
 
 # Schedule name -> (configured gradient_accumulation_steps G, window lengths).
@@ -310,7 +312,7 @@ def is_valid(s: Scenario) -> bool:
 # ------------------------------------------------------------------------------------------------- profiles
 AXES: dict[str, tuple] = {
     "backend": BACKENDS, "api": API_STYLES, "schedule": PROFILE_SCHEDULES, "optimizer": OPTIMIZERS,
-    "precision": PRECISIONS, "clip": CLIPS, "world_size": WORLD_SIZES, "model": MODELS, "lr_schedule": LR_SCHEDULES,
+    "precision": PRECISIONS, "clip": CLIPS, "world_size": WORLD_SIZES, "model": MODELS, "lr_schedule": PROFILE_LR_SCHEDULES,
 }
 
 

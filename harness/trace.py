@@ -35,6 +35,9 @@ class Trace:
     # What each optimizer_step_and_zero_grad call returned, by micro-batch, in call order (one call per optimizer)
     returned: dict[int, list[float | None]] = field(default_factory=dict)
     sync_gradients: list[bool] = field(default_factory=list)  # accelerator.sync_gradients after each backward
+    # A query before the forward, by micro-batch: (accelerator.sync_gradients, engine.is_gradient_accumulation_boundary()
+    # on DeepSpeed, else None)
+    queries: dict[int, tuple[bool, bool | None]] = field(default_factory=dict)
     # Sum of all local .grad elements (float64) after each backward; None where gradients are partitioned
     # (ZeRO). Ranks see different data, so equal digests across ranks mean the gradients were all-reduced.
     grad_digests: list[float | None] = field(default_factory=list)

@@ -1,15 +1,20 @@
-"""DESIGN §3 as executable code: what a conforming target must do for each micro-batch of a program.
+"""DESIGN §3 as executable code: what a conforming target must do on each micro-batch of a program.
 
-Pure Python, no torch: given a program and the facts of the installed stack that §3 depends on, it gives per
-micro-batch the resolved boundary, what ``accelerator.sync_gradients`` reports, whether the optimizer steps (and
-with which clipping), whether gradients are reduced across ranks where the backend promises it, what
-``optimizer_step_and_zero_grad`` returns, and the engine's counters. Each rule of §3 is one commented place
-(``# §3 …``). The float64 oracle trains along the steps it gives; programs it calls invalid are ones that train
-wrongly on upstream too (ranks stepping on unreduced gradients, DeepSpeed's step inside its own ``no_sync``),
-which the strategies never generate.
+Pure Python, no torch. The state (``State``) is what the stack remembers between micro-batches; ``step(state,
+micro_batch)`` applies the rules of §3 to one micro-batch and says what must be seen: the resolved boundary, what
+``accelerator.sync_gradients`` reports, whether the optimizer steps (and with which clipping), whether gradients are
+reduced across ranks where the backend promises it, what ``optimizer_step_and_zero_grad`` returns, what a query
+before the forward reads, and the engine's counters. ``expect`` runs a whole program. Each rule is one small function
+headed by the clause of §3 it enforces (quoted); where §3 is silent the rule names its decision in
+docs/decisions.md ("Model decisions"). Facts of the installed stack (``Facts``) are measured in the rank that ran,
+never assumed.
+
+A program the model calls invalid trains wrongly on upstream too (ranks stepping on gradients never all-reduced,
+DeepSpeed stepping inside its own ``no_sync``): the strategies never generate one.
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 
 from .program import NO_CALL, MicroBatch, Program
@@ -23,6 +28,14 @@ class InvalidProgram(ValueError):
         self.reason, self.index = reason, index
 
 
+class Raises(Exception):
+    """The target must raise here (§3 "Fallbacks and errors"): ``name`` is the exception's class name."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+
 @dataclass(frozen=True)
 class Facts:
     """What the installed stack does that §3 builds on (measured per run, reported with every trace)."""
@@ -33,6 +46,9 @@ class Facts:
     accelerate_forwards_boundary: bool = True  # accelerate >= 1.8 passes sync_gradients to the wrapper (#3630)
     engine_boundary_api: bool = True  # DeepSpeed's set_gradient_accumulation_boundary (0.5.8+, #1588)
     engine_no_sync: bool = True  # DeepSpeed >= 0.16: engine.no_sync() exists and step() asserts inside it
+    # engine.get_global_grad_norm() has a value after a step: not at ZeRO-0 with a torch optimizer (measured, 0.19.8),
+    # nor with zero_optimization.compute_grad_norm false (#8331)
+    engine_reports_grad_norm: bool = True
 
     @property
     def deepspeed(self) -> bool:
@@ -58,9 +74,14 @@ class MicroExpect:
     steps: bool  # a real optimizer step happens during this micro-batch
     clip: float | None = None  # the bound that step clips to (None: no clipping)
     reduces: bool | None = None  # gradients all-reduced across ranks during this micro-batch; None: not judged
-    # optimizer_step_and_zero_grad, per call in order (one per optimizer): "norm", "none" or "-1"; None: not called
+    # optimizer_step_and_zero_grad, per call in order (per optimizer, twice where called twice): "norm", "none" or
+    # "-1"; None: not called
     returned: tuple[str, ...] | None = None
     scheduler_steps: int = 0  # lr-scheduler steps taken at the end of this micro-batch (after its step)
+    # A query before the forward: (accelerator.sync_gradients, engine.is_gradient_accumulation_boundary()); None in
+    # either place: not judged there (§3 says nothing of it); None as a whole: no query
+    query: tuple[bool | None, bool | None] | None = None
+    warns_clip_mismatch: bool = False  # the call's max_grad_norm differs from DeepSpeed's clipping: warned here
 
 
 @dataclass(frozen=True)
@@ -87,23 +108,35 @@ class Expectation:
 
 
 @dataclass
-class _State:
-    """What the stack remembers between micro-batches."""
+class State:
+    """What the stack remembers between micro-batches, and the program's fixed settings."""
 
+    facts: Facts
+    g: int  # the configured gradient_accumulation_steps
+    clip: float | None  # the scenario's clipping (DeepSpeed's gradient_clipping; the loop's max_grad_norm)
+    scheduler: bool = False  # the loop steps accelerate's lr scheduler after each optimizer call
+    optimizers: int = 1  # models prepared, each with its optimizer
+    index: int = 0  # the next micro-batch
     schedule_sync: bool = True  # GradientState.sync_gradients as the schedule last set it (accelerate's default True)
     accumulate_step: int = 0  # Accelerator.step, accumulate()'s counter
     override: bool | None = None
-    ddp_sync_enabled: bool = True  # DDP's require_backward_grad_sync outside any no_sync context
-    unreduced: bool = False  # DDP: some gradient was accumulated without an all-reduce since the last one
-    last_boundary: bool | None = None
-    stepped: set[int] = field(default_factory=set)  # optimizers stepped by optimizer_step_and_zero_grad since backward
-    stepped_last_backward: bool = False
+    unreduced: bool = False  # some rank holds gradients no reduction has averaged since the last step
+    last_boundary: bool | None = None  # resolved boundary of the most recent backward (None: none yet)
+    last_reported: bool | None = None  # what sync_gradients reported after it
+    stepped: set[int] = field(default_factory=set)  # optimizers stepped by optimizer_step_and_zero_grad since it
+    warned_clip: bool = False
     pending: bool = False  # gradients accumulated since the last step
-    engine_flag: bool | None = None  # DeepSpeed's sticky boundary flag
-    wrapper_set_flag: bool = False
-    micro_steps: int = 0
+    micro_steps: int = 0  # DeepSpeed's engine.micro_steps (engine.step() calls)
     global_steps: int = 0
-    expects: list[MicroExpect] = field(default_factory=list)
+    stepped_last_backward: bool = False  # the DeepSpeed engine really stepped in the most recent backward
+
+    def copy(self) -> "State":
+        return copy.deepcopy(self)
+
+
+def start(facts: Facts, gradient_accumulation_steps: int, clip: float | None, scheduler: bool = False,
+          optimizers: int = 1) -> State:
+    return State(facts, gradient_accumulation_steps, clip, scheduler, optimizers)
 
 
 def expect(program: Program, facts: Facts, gradient_accumulation_steps: int, clip: float | None,
@@ -111,175 +144,178 @@ def expect(program: Program, facts: Facts, gradient_accumulation_steps: int, cli
     """The expectation for ``program`` on a stack with these facts (raises ``InvalidProgram``). ``optimizers``: how
     many models the loop prepared, each with its optimizer (every step and optimizer_step_and_zero_grad call of the
     program is made once per optimizer, in order)."""
-    state = _State()
-    g = gradient_accumulation_steps
+    state = start(facts, gradient_accumulation_steps, clip, scheduler, optimizers)
+    expects: list[MicroExpect] = []
     for index, mb in enumerate(program.micro_batches):
-        last_of_loader = program.dataloader and index == len(program) - 1
         try:
-            state.expects.append(_micro_batch(state, mb, facts, g, clip, scheduler, index, last_of_loader, optimizers))
-        except _Raises as raised:
-            return _finish(state, facts, error=raised.name, error_at=index)
-    return _finish(state, facts)
+            expects.append(step(state, mb, last_of_loader=program.dataloader and index == len(program) - 1,
+                                restart=index == program.restart_at))
+        except Raises as raised:
+            return _finish(state, expects, error=raised.name, error_at=index)
+    return _finish(state, expects)
 
 
-class _Raises(Exception):
-    def __init__(self, name: str) -> None:
-        self.name = name
+def _finish(s: State, expects: list[MicroExpect], error: str | None = None, error_at: int | None = None) -> Expectation:
+    deepspeed = s.facts.deepspeed
+    return Expectation(tuple(expects), engine_global_steps=s.global_steps if deepspeed else None,
+                       engine_micro_steps=s.micro_steps if deepspeed else None, grads_left=s.pending,
+                       error=error, error_at=error_at)
 
 
-def _finish(state: _State, facts: Facts, error: str | None = None, error_at: int | None = None) -> Expectation:
-    return Expectation(tuple(state.expects),
-                       engine_global_steps=state.global_steps if facts.deepspeed else None,
-                       engine_micro_steps=state.micro_steps if facts.deepspeed else None,
-                       grads_left=state.pending, error=error, error_at=error_at)
-
-
-def _micro_batch(s: _State, mb: MicroBatch, facts: Facts, g: int, clip: float | None, scheduler: bool,
-                 index: int, last_of_loader: bool, optimizers: int = 1) -> MicroExpect:
+def step(s: State, mb: MicroBatch, last_of_loader: bool = False, restart: bool = False) -> MicroExpect:
+    """One micro-batch under §3 (mutates ``s``; raises ``InvalidProgram`` or ``Raises``)."""
+    index = s.index
+    s.index += 1
     if mb.driver == "engine":
-        return _engine_micro_batch(s, mb, facts, g, clip, scheduler, index)
-    # §3 set_deepspeed_gradient_accumulation_boundary: persistent; None clears it; on DeepSpeed it reaches the
-    # engine at once; with DDP, False skips the all-reduce from the next forward on, leaving False re-enables it.
+        return _raw_engine(s, mb, index)
+    if restart:
+        _new_accelerator(s)
+    _set_override(s, mb)
+    held = _enter_context(s, mb, last_of_loader)
+    query = _query(s, mb)
+    explicit, resolved = _resolve(s, mb)
+    if s.facts.deepspeed:
+        boundary, reduces = _deepspeed_backward(s, explicit, held, mb.context == "accumulate", index)
+    else:
+        boundary, reduces = resolved, _reduction(s, explicit, resolved, held)
+        s.pending = True
+    reported = resolved  # §3 "After an explicit boundary": reports the resolved boundary
+    s.last_boundary, s.last_reported = boundary, reported
+    s.stepped.clear()
+    steps, clip, returned, warns = _after(s, mb, reported, boundary, index)
+    return MicroExpect(boundary=bool(boundary), sync_gradients=bool(reported), steps=steps, clip=clip,
+                       reduces=reduces, returned=returned, scheduler_steps=_scheduler_steps(s, mb, reported),
+                       query=query, warns_clip_mismatch=warns)
+
+
+# ------------------------------------------------------------------------------------------------ the rules
+def _new_accelerator(s: State) -> None:
+    """§3 "A new accelerator starts without one [override]." Decision (docs/decisions.md): it starts as accelerate
+    builds any accelerator — no override, accumulate()'s counter at 0, no backward yet — and the gradient state, which
+    accelerate shares between accelerators of one process, keeps its last value."""
+    s.override = None
+    s.accumulate_step = 0
+    s.last_boundary = s.last_reported = None
+    s.stepped.clear()
+    s.warned_clip = False
+
+
+def _set_override(s: State, mb: MicroBatch) -> None:
+    """§3 set_deepspeed_gradient_accumulation_boundary: "Stores the override" (``None`` clears it); it persists across
+    boundaries, steps, and accumulate() / no_sync() entries and exits until None is set. (Its effects on DDP and the
+    engine are read from ``s.override`` where they apply: ``_reduction``, ``_query``.)"""
     if mb.set_boundary != NO_CALL:
-        previous, s.override = s.override, mb.set_boundary
-        if facts.deepspeed and facts.engine_boundary_api:
-            s.engine_flag, s.wrapper_set_flag = s.override, s.override is not None
-        if s.override is False or previous is False:
-            s.ddp_sync_enabled = s.override is not False
-    # accumulate(): accelerate's schedule (the DataLoader's end forces a boundary and restarts the count), and
-    # no_sync() off its boundary; the user's own no_sync() the same without touching the schedule.
-    no_sync = mb.context == "no_sync"
+        s.override = mb.set_boundary
+
+
+def _enter_context(s: State, mb: MicroBatch, last_of_loader: bool) -> bool:
+    """accelerate's own behaviour, which §3 leaves as it is: ``accumulate()`` counts micro-batches and syncs every G-th
+    (and at the end of a prepared DataLoader, which restarts the count — §3 "accumulate()'s own boundary at the end of
+    a DataLoader is the schedule's word"); off its boundary it enters ``no_sync``; the user's own ``no_sync()`` holds
+    the reduction without touching the schedule. Returns whether a no_sync context is in effect."""
     if mb.context == "accumulate":
         if last_of_loader:
             s.accumulate_step, s.schedule_sync = 0, True
         else:
             s.accumulate_step += 1
-            s.schedule_sync = s.accumulate_step % g == 0
-        no_sync = not s.schedule_sync
-    # What no_sync() does: DDP holds back its all-reduce; DeepSpeed >= 0.16 enters engine.no_sync() at ZeRO 0/1
-    # (a no-op context where the engine partitions gradients: accelerate #3656, and the reference on every version).
-    engine_no_sync = no_sync and facts.deepspeed and facts.engine_no_sync and not facts.partitions_gradients
-    ddp_forward_syncs = facts.backend == "ddp" and s.ddp_sync_enabled and not no_sync
+            s.schedule_sync = s.accumulate_step % s.g == 0
+        return not s.schedule_sync
+    return mb.context == "no_sync"
 
-    # §3 boundary resolution, first that applies: 1. the keyword (per call, never sticky); 2. the override;
-    # 3. the schedule's sync_gradients, never a value reported for an earlier explicit boundary.
+
+def _query(s: State, mb: MicroBatch) -> tuple[bool | None, bool | None] | None:
+    """§3 "After an explicit boundary accelerator.sync_gradients reports the resolved boundary of the most recent
+    backward (until the next accumulate() entry or backward)"; §3 "On DeepSpeed the override is visible to the engine
+    before the forward pass". Inside accumulate() the entry has spoken (the schedule's value); outside it, the last
+    report. Decision: before any backward of this accelerator, and the engine's boundary without an override, are not
+    judged (§3 says nothing of them)."""
+    if not mb.query:
+        return None
+    sync = s.schedule_sync if mb.context == "accumulate" else s.last_reported
+    engine = s.override if (s.facts.deepspeed and s.facts.engine_boundary_api) else None
+    return sync, engine
+
+
+def _resolve(s: State, mb: MicroBatch) -> tuple[bool | None, bool]:
+    """§3 Boundary resolution, first that applies: 1. the explicit ``is_final_micro_batch`` (per call, never sticky);
+    2. the persistent override; 3. the schedule's ``sync_gradients`` — never a value reported for an earlier explicit
+    boundary. Returns (the user's explicit boundary or None, the resolved boundary)."""
     explicit = mb.backward if mb.backward is not None else s.override
-    resolved = explicit if explicit is not None else s.schedule_sync
-    # §3 after an explicit boundary sync_gradients reports the resolved boundary (and, without one, the schedule's).
-    reported = resolved
-    if facts.deepspeed:
-        boundary, reduces = _deepspeed_backward(s, facts, g, explicit, engine_no_sync, index,
-                                                in_accumulate=mb.context == "accumulate")
-        steps = boundary
+    return explicit, (explicit if explicit is not None else s.schedule_sync)
+
+
+def _reduction(s: State, explicit: bool | None, boundary: bool, held: bool) -> bool | None:
+    """Off DeepSpeed, whether this backward reduces gradients across ranks (None where nothing is promised: one
+    process).
+    - DDP: its reducer runs when sync was on at the forward: no ``no_sync()`` in effect and no override ``False`` (§3
+      "with DDP, a False set before the forward pass also disables gradient all-reduce for that micro-batch [...];
+      True re-enables it" — None clears the override, so it re-enables too). §3 "the reference re-syncs gradients
+      only at an explicit boundary whose forward ran without sync": an explicit True reduces anyway.
+    - FSDP2 decides at backward: §3 "an explicit boundary sets FSDP2's gradient sync for that backward (True reduces
+      what no_sync() held back, False holds the reduction)"; otherwise no_sync() and an override False hold it."""
+    facts = s.facts
+    if facts.world_size < 2 or facts.backend not in ("ddp", "fsdp"):
+        return None
+    syncs_at_forward = not held and s.override is not False
+    if facts.backend == "ddp":
+        reduces = syncs_at_forward or (boundary and explicit is not None)
     else:
-        boundary = resolved
-        reduces = None
-        if facts.backend == "ddp" and facts.world_size > 1:
-            # §3 the reference re-syncs only at an explicit boundary whose forward ran without sync.
-            reduces = ddp_forward_syncs or (boundary and explicit is not None)
-            s.unreduced = False if reduces else True
-        elif facts.backend == "fsdp" and facts.world_size > 1:
-            # FSDP2 decides at backward: an explicit boundary sets the sync for its backward (True reduces what was
-            # held back, False holds this one back too); otherwise no_sync() and an override False hold it back.
-            reduces = explicit if explicit is not None else (s.ddp_sync_enabled and not no_sync)
-            s.unreduced = False if reduces else True
-        s.pending = True
-        steps = False
-    s.last_boundary = boundary
-    s.stepped.clear()
-    if facts.deepspeed:
-        s.pending = not steps  # the engine zeroes its gradients at every step
-    returned, step_clip, sched = None, None, 0
-    if mb.after in ("step", "clip_step"):
-        # accelerate's optimizer wrapper steps and zeroes only when sync_gradients is True; DeepSpeed's is a no-op.
-        if not facts.deepspeed and reported:
-            steps = _optimizer_step(s, index)
-            step_clip = clip if mb.after == "clip_step" else None
-    elif mb.after == "step_and_zero_grad":
-        # §3 "at a boundary": the resolved boundary of the most recent backward. §3 "Each optimizer steps once per
-        # boundary": a second call for the same optimizer after the same boundary does nothing; a call for another
-        # optimizer (two models) steps that one.
-        kinds = []
-        for optimizer in range(optimizers):
-            at_boundary = bool(s.last_boundary) and optimizer not in s.stepped
-            if at_boundary:
-                s.stepped.add(optimizer)
-            if facts.deepspeed:
-                kinds.append("norm" if (at_boundary and s.stepped_last_backward) else "none")
-            elif at_boundary:
-                steps = _optimizer_step(s, index)
-                step_clip = clip
-                kinds.append("norm")
-            else:
-                kinds.append("none")
-        returned = tuple(kinds)
-    if facts.deepspeed and steps:
-        step_clip = clip  # DeepSpeed clips with its config's gradient_clipping at every step
-    if scheduler and mb.after != "none" and reported:
-        # The user steps accelerate's scheduler after each optimizer call; its wrapper steps it num_processes times
-        # whenever sync_gradients is True (a torch scheduler never reaches DeepSpeed's engine: accelerate hands it
-        # only DeepSpeed's own schedulers), whether or not the engine really stepped.
-        sched = facts.world_size
-    return MicroExpect(boundary=bool(boundary), sync_gradients=bool(reported), steps=steps, clip=step_clip,
-                       reduces=reduces, returned=returned, scheduler_steps=sched)
+        reduces = explicit if explicit is not None else syncs_at_forward
+    s.unreduced = not reduces
+    return reduces
 
 
-def _optimizer_step(s: _State, index: int) -> bool:
-    if s.unreduced:
-        raise InvalidProgram("the optimizer steps on gradients some micro-batch never all-reduced: the ranks "
-                             "diverge (the user's no_sync() without a synchronising backward before the step)", index)
-    s.pending = False
-    return True
+def _deepspeed_backward(s: State, explicit: bool | None, held: bool, in_accumulate: bool,
+                        index: int) -> tuple[bool, bool | None]:
+    """§3 backward on DeepSpeed: "records the boundary, forwards it to engine.set_gradient_accumulation_boundary when
+    the engine has it, runs engine.backward(loss), and calls engine.step() only at a boundary. The engine's
+    global_steps therefore counts boundaries." Returns (the boundary the engine steps on, whether ZeRO 0/1 reduced).
 
-
-def _deepspeed_backward(s: _State, facts: Facts, g: int, explicit: bool | None, engine_no_sync: bool,
-                        index: int, in_accumulate: bool) -> tuple[bool, bool | None]:
-    """The DeepSpeed wrapper's backward: (the boundary the engine must step on, whether ZeRO 0/1 all-reduced)."""
-    counter = (s.micro_steps + 1) % g == 0
+    - no_sync: accelerate enters the engine's ``no_sync()`` off its boundary at ZeRO 0/1 (DeepSpeed >= 0.16); §3
+      "ZeRO-2/3 partition gradients and reduce every micro-batch by design, so no_sync() there is a no-op". Only a
+      boundary the user gave lifts it (§3: code without the new API behaves as upstream, where a step inside
+      ``no_sync`` asserts): such a program is invalid.
+    - §3 Fallbacks: an engine without the boundary API follows its own counter; an explicit boundary that disagrees
+      raises.
+    - Untouched code on accelerate <= 1.7 (no schedule passed, §3 "behaves exactly as the installed upstream"):
+      ``engine.step()`` after every backward and the engine's counter decides — inside accumulate() the schedule's
+      boundary reaches the engine as upstream's no_sync does (where they disagree, a DataLoader's partial window,
+      upstream loses the window: accelerate#3552, a known failure, never expected)."""
+    facts = s.facts
+    engine_no_sync = held and facts.engine_no_sync and not facts.partitions_gradients
+    counter = (s.micro_steps + 1) % s.g == 0
     if not facts.engine_boundary_api:
-        # §3 fallback: an engine without the boundary API follows its own counter; only a boundary the *user*
-        # gave that the counter contradicts is an error (never silent wrong training).
         if explicit is not None and explicit != counter:
-            raise _Raises("BoundaryUnsupportedError")
-        return _engine_step_always(s, counter, engine_no_sync, index), _zero01_reduces(facts, counter, engine_no_sync)
+            raise Raises("BoundaryUnsupportedError")
+        return _every_backward_steps(s, counter, engine_no_sync, index), _zero01_reduces(facts, counter, engine_no_sync)
     if explicit is None and not facts.accelerate_forwards_boundary:
-        # §3 untouched code behaves as the installed upstream: accelerate <= 1.7 passes no boundary and steps every
-        # micro-batch, DeepSpeed's counter decides (the reference first clears a flag an explicit boundary left).
-        # Inside accumulate() the boundary is accumulate()'s own schedule, whatever the counter says: where the two
-        # disagree (a DataLoader's partial last window) upstream loses the window (accelerate#3552, fixed in 1.8),
-        # and the reference with it, since untouched code gives upstream's bytes: a known failure, never expected.
-        if s.wrapper_set_flag:
-            s.engine_flag, s.wrapper_set_flag = None, False
-        boundary = counter if s.engine_flag is None else s.engine_flag
-        if in_accumulate:
-            boundary = s.schedule_sync
-        return _engine_step_always(s, boundary, engine_no_sync, index), _zero01_reduces(facts, boundary, engine_no_sync)
-    # accelerate >= 1.8 passes the schedule's boundary; a user's boundary goes as is_final_micro_batch.
+        boundary = s.schedule_sync if in_accumulate else counter
+        return _every_backward_steps(s, boundary, engine_no_sync, index), _zero01_reduces(facts, boundary, engine_no_sync)
     boundary = explicit if explicit is not None else s.schedule_sync
-    s.engine_flag, s.wrapper_set_flag = boundary, True
-    lifted = boundary and explicit is not None  # §3 only a user's boundary lifts accumulate()'s engine.no_sync()
+    lifted = boundary and explicit is not None
     if boundary and engine_no_sync and not lifted:
         raise InvalidProgram("DeepSpeed steps inside its own no_sync() (it asserts there, upstream too)", index)
-    inside = engine_no_sync and not lifted
     if boundary:
         s.micro_steps += 1
         s.global_steps += 1
     elif not facts.accelerate_forwards_boundary and not engine_no_sync:
-        # §3 rule 1 on accelerate <= 1.7: the engine steps after every backward there and its counter decides a
-        # later plain backward, so a held boundary counts too (the step only moves the counter): a user's False
-        # never sticks to a plain call by leaving the counter out of phase with the windows.
+        # Decision (docs/decisions.md, "a held boundary counts on accelerate <= 1.7"): there upstream steps the
+        # engine after every backward and its counter decides the next plain backward; §3 rule 1 (never sticky)
+        # means a held micro-batch must count as upstream would have counted it.
         s.micro_steps += 1
     s.stepped_last_backward = boundary
-    return boundary, _zero01_reduces(facts, boundary, inside)
+    s.pending = not boundary  # the engine zeroes its gradients at every step
+    return boundary, _zero01_reduces(facts, boundary, engine_no_sync and not lifted)
 
 
-def _engine_step_always(s: _State, boundary: bool, engine_no_sync: bool, index: int) -> bool:
-    """``engine.step()`` after every backward: its counter (or flag) decides whether it really steps."""
+def _every_backward_steps(s: State, boundary: bool, engine_no_sync: bool, index: int) -> bool:
+    """``engine.step()`` after every backward: the engine's counter (or flag) decides whether it really steps."""
     if engine_no_sync:
         raise InvalidProgram("engine.step() inside DeepSpeed's own no_sync() (it asserts there, upstream too)", index)
     s.micro_steps += 1
     s.global_steps += int(boundary)
     s.stepped_last_backward = boundary
+    s.pending = not boundary
     return boundary
 
 
@@ -291,15 +327,90 @@ def _zero01_reduces(facts: Facts, boundary: bool, inside_no_sync: bool) -> bool 
     return boundary and not inside_no_sync
 
 
-def _engine_micro_batch(s: _State, mb: MicroBatch, facts: Facts, g: int, clip: float | None, scheduler: bool,
-                        index: int) -> MicroExpect:
-    """The seed's "before" code: engine.set_gradient_accumulation_boundary(b); engine.backward(loss); engine.step()."""
-    if not facts.deepspeed:
+def _after(s: State, mb: MicroBatch, reported: bool, boundary: bool,
+           index: int) -> tuple[bool, float | None, tuple[str, ...] | None, bool]:
+    """What follows the backward: (a real step happened, the bound it clipped to, what each optimizer_step_and_zero_grad
+    call returned, whether a clipping mismatch was warned).
+    - ``optimizer.step()`` (and clip): accelerate's optimizer wrapper steps only when ``sync_gradients`` is True (§3
+      "an explicit boundary also sets GradientState.sync_gradients for this micro-batch, so an AcceleratedOptimizer.step()
+      that follows steps exactly at boundaries"); on DeepSpeed it is a no-op (the engine stepped in backward) and the
+      engine clips with its config's gradient_clipping at every step.
+    - ``optimizer_step_and_zero_grad``: see ``_step_and_zero_grad``."""
+    facts = s.facts
+    if facts.deepspeed:  # the engine stepped in backward exactly at the boundary it was given
+        returned, warns = _step_and_zero_grad(s, mb, index) if mb.after == "step_and_zero_grad" else (None, False)
+        return bool(boundary), (s.clip if boundary else None), returned, warns
+    if mb.after in ("step", "clip_step"):
+        if not reported:
+            return False, None, None, False
+        _optimizer_step(s, index)
+        return True, (s.clip if mb.after == "clip_step" else None), None, False
+    if mb.after == "step_and_zero_grad":
+        returned, warns = _step_and_zero_grad(s, mb, index)
+        steps = bool(s.stepped)  # cleared by this micro-batch's backward: stepped by these calls
+        return steps, (mb.max_grad_norm(s.clip) if steps else None), returned, warns
+    return False, None, None, False
+
+
+def _step_and_zero_grad(s: State, mb: MicroBatch, index: int) -> tuple[tuple[str, ...], bool]:
+    """§3 optimizer_step_and_zero_grad: "At a boundary" means the resolved boundary of the most recent backward; not at
+    a boundary it "does nothing, returns None" — "whatever its arguments". "Each optimizer steps once per boundary: a
+    second optimizer_step_and_zero_grad for the same optimizer after the same boundary returns None and does nothing;
+    a call for another optimizer steps that one." Without ``model`` it measures, clips and steps the optimizer's own
+    parameters (the same numbers here: each optimizer owns one model's parameters); ``max_grad_norm=None`` clips
+    nothing but still returns the norm. DeepSpeed: the engine already stepped in backward; it returns the pre-clip
+    global norm, "-1.0 only when a step happened and no norm can be had" (the engine reports none and its gradients
+    are partitioned, ZeRO 1-3: at ZeRO-0 the full gradients exist before the step and are measured there); "a
+    max_grad_norm that differs from [DeepSpeed's gradient_clipping] warns once, naming both values" — decision: once
+    per accelerator, at the first call that reaches a boundary (off a boundary the call does nothing at all)."""
+    facts = s.facts
+    calls = [optimizer for optimizer in range(s.optimizers) for _ in range(2 if mb.form == "twice" else 1)]
+    kinds, warns = [], False
+    for optimizer in calls:
+        at_boundary = bool(s.last_boundary) and optimizer not in s.stepped
+        if not at_boundary:
+            kinds.append("none")
+            continue
+        s.stepped.add(optimizer)
+        if facts.deepspeed:
+            configured = s.clip if s.clip is not None else 0.0
+            bound = mb.max_grad_norm(s.clip)
+            if bound is not None and float(bound) != configured and not s.warned_clip:
+                s.warned_clip = warns = True
+            no_norm = not facts.engine_reports_grad_norm and (facts.zero_stage or 0) >= 1
+            kinds.append(("-1" if no_norm else "norm") if s.stepped_last_backward else "none")
+        else:
+            if len(s.stepped) == 1:
+                _optimizer_step(s, index)
+            kinds.append("norm")
+    return tuple(kinds), warns
+
+
+def _optimizer_step(s: State, index: int) -> None:
+    """Off DeepSpeed a step applies the gradients every rank holds; stepping on gradients some micro-batch never
+    reduced makes the ranks diverge — on upstream too — so such a program is invalid."""
+    if s.unreduced:
+        raise InvalidProgram("the optimizer steps on gradients some micro-batch never all-reduced: the ranks "
+                             "diverge (the user's no_sync() without a synchronising backward before the step)", index)
+    s.pending = False
+
+
+def _scheduler_steps(s: State, mb: MicroBatch, reported: bool) -> int:
+    """§3 "The prepared lr scheduler, stepped after every micro-batch as accelerate's idiom does, advances exactly at
+    resolved boundaries (accelerate's AcceleratedScheduler reads sync_gradients ...)": the loop steps it after each
+    optimizer call; accelerate's wrapper then steps it num_processes times when sync_gradients is True (a torch
+    scheduler never reaches DeepSpeed's engine: accelerate hands it only DeepSpeed's own schedulers)."""
+    if not s.scheduler or mb.after == "none" or not reported:
+        return 0
+    return s.facts.world_size
+
+
+def _raw_engine(s: State, mb: MicroBatch, index: int) -> MicroExpect:
+    """The seed's "before" code on the raw engine (not the new API): engine.set_gradient_accumulation_boundary(b);
+    engine.backward(loss); engine.step() — DeepSpeed's documented idiom, judged as DeepSpeed behaves."""
+    if not s.facts.deepspeed:
         raise InvalidProgram("the engine driver needs a DeepSpeed engine", index)
-    s.engine_flag, s.wrapper_set_flag = mb.backward, False
     boundary = bool(mb.backward)
-    steps = _engine_step_always(s, boundary, False, index)
-    s.pending = not steps
-    return MicroExpect(boundary=boundary, sync_gradients=s.schedule_sync, steps=steps,
-                       clip=clip if steps else None, reduces=_zero01_reduces(facts, boundary, False),
-                       scheduler_steps=0)  # the raw engine loop never steps accelerate's scheduler
+    steps = _every_backward_steps(s, boundary, False, index)
+    return MicroExpect(boundary=boundary, sync_gradients=s.schedule_sync, steps=steps, clip=s.clip if steps else None,
+                       reduces=_zero01_reduces(s.facts, boundary, False), scheduler_steps=0)

@@ -16,6 +16,12 @@ NO_CALL = "no call"  # set_boundary: the micro-batch makes no set_deepspeed_grad
 CONTEXTS = ("none", "accumulate", "no_sync")
 AFTERS = ("none", "step", "clip_step", "step_and_zero_grad")
 DRIVERS = ("accelerator", "engine")
+# How optimizer_step_and_zero_grad is called (DESIGN §3's call forms): with the model and max_grad_norm = the
+# scenario's clip; without the model (the optimizer's own parameters); max_grad_norm=None (measure, clip nothing); a
+# max_grad_norm other than the scenario's clip (off DeepSpeed it clips to it; on DeepSpeed, whose clipping is its
+# config's, a warning naming both); twice in a row (the second call does nothing).
+FORMS = ("model", "no_model", "no_clip", "other_clip", "twice")
+OTHER_MAX_NORM = 0.25
 
 
 @dataclass(frozen=True)
@@ -28,6 +34,8 @@ class MicroBatch:
     backward: bool | None = None
     after: str = "none"
     driver: str = "accelerator"
+    query: bool = False  # before the forward: read accelerator.sync_gradients (and the engine's boundary on DeepSpeed)
+    form: str = "model"  # how optimizer_step_and_zero_grad is called (FORMS); only with after="step_and_zero_grad"
 
     def __post_init__(self) -> None:
         if self.set_boundary not in (NO_CALL, True, False, None):
@@ -38,9 +46,30 @@ class MicroBatch:
             raise ValueError(f"after {self.after!r}: expected one of {', '.join(AFTERS)}")
         if self.driver not in DRIVERS:
             raise ValueError(f"driver {self.driver!r}: expected one of {', '.join(DRIVERS)}")
+        if self.form not in FORMS or (self.form != "model" and self.after != "step_and_zero_grad"):
+            raise ValueError(f"form {self.form!r}: expected one of {', '.join(FORMS)}, and only with "
+                             "after='step_and_zero_grad'")
         if self.driver == "engine" and (self.backward is None or self.set_boundary != NO_CALL
-                                        or self.context != "none"):
+                                        or self.context != "none" or self.query or self.after != "none"):
             raise ValueError("the engine driver sets its own boundary on every micro-batch, outside any context")
+
+    def max_grad_norm(self, clip: float | None) -> float | None:
+        """What ``max_grad_norm`` this micro-batch passes to optimizer_step_and_zero_grad."""
+        return {"no_clip": None, "other_clip": OTHER_MAX_NORM}.get(self.form, clip)
+
+    def call_arguments(self, clip: float | None) -> str:
+        bound = self.max_grad_norm(clip)
+        text = "None" if bound is None else f"{bound:g}"
+        return f"optimizer, max_grad_norm={text}" if self.form == "no_model" else f"optimizer, model, max_grad_norm={text}"
+
+    @property
+    def fields(self) -> tuple:
+        """The fields that name this micro-batch (those added later only where they differ from their default, so the
+        ids of programs written before them stay the same)."""
+        extra = tuple(f"{name}={value!r}" for name, value, default in (("query", self.query, False),
+                                                                        ("form", self.form, "model"))
+                      if value != default)
+        return (self.set_boundary, self.context, self.backward, self.after, self.driver) + extra
 
     @property
     def uses_new_api(self) -> bool:
@@ -57,6 +86,8 @@ class MicroBatch:
         if self.set_boundary != NO_CALL:
             lines.append(f"accelerator.set_deepspeed_gradient_accumulation_boundary({self.set_boundary})")
         body = []
+        if self.query:
+            body.append("seen = (accelerator.sync_gradients, engine_boundary(accelerator))  # before the forward")
         keyword = "" if self.backward is None else f", is_final_micro_batch={self.backward}"
         body.append(f"accelerator.backward(loss_fn(model, batch){keyword})")
         sched = ["scheduler.step()"] if scheduler else []
@@ -67,8 +98,8 @@ class MicroBatch:
                 body.append(f"if accelerator.sync_gradients: accelerator.clip_grad_norm_(model.parameters(), {clip:g})")
             body += ["optimizer.step()", *sched, "optimizer.zero_grad()"]
         elif self.after == "step_and_zero_grad":
-            clip_text = "None" if clip is None else f"{clip:g}"
-            body.append(f"norm = accelerator.optimizer_step_and_zero_grad(optimizer, model, max_grad_norm={clip_text})")
+            body += [f"norm = accelerator.optimizer_step_and_zero_grad({self.call_arguments(clip)})"] * (
+                2 if self.form == "twice" else 1)
             body += sched
         if self.context == "none":
             return lines + body
@@ -82,6 +113,10 @@ class Program:
 
     micro_batches: tuple[MicroBatch, ...]
     dataloader: bool = False
+    # Before this micro-batch the user builds a second accelerator of the same class and prepares the same model and
+    # optimizer with it (a notebook re-run, a script's second phase): DESIGN §3 "a new accelerator starts without one"
+    # (no override). None: one accelerator throughout.
+    restart_at: int | None = None
 
     def __len__(self) -> int:
         return len(self.micro_batches)
@@ -93,7 +128,8 @@ class Program:
     @property
     def digest(self) -> str:
         """Stable across processes and Python versions (no ``hash()``): the id of a generated program."""
-        text = repr((self.dataloader, [tuple(vars(mb).values()) for mb in self.micro_batches]))
+        text = repr((self.dataloader, [mb.fields for mb in self.micro_batches])
+                    + ((("restart_at", self.restart_at),) if self.restart_at is not None else ()))
         return hashlib.sha1(text.encode()).hexdigest()[:10]
 
     def code(self, clip: float | None = None, scheduler: bool = False) -> str:
@@ -104,6 +140,9 @@ class Program:
         lines = [source, "for index, batch in enumerate(batches):"]
         for index, mb in enumerate(self.micro_batches):
             lines.append(f"    {'if' if index == 0 else 'elif'} index == {index}:")
+            if index == self.restart_at:
+                lines += ["        accelerator = Accelerator(**same_arguments)  # a second accelerator, same class",
+                          "        model, optimizer = accelerator.prepare(accelerator.unwrap_model(model), optimizer.optimizer)"]
             lines += ["        " + line for line in mb.code(clip, scheduler)]
         return "\n".join(lines)
 
@@ -112,15 +151,22 @@ class Program:
         the accelerate idiom it stands for (clip at a boundary, step, zero). Where the model gives both the same steps
         and reductions, the explicit calls only restated the schedule, and must change nothing, bit for bit (P1)."""
         plain = [mb if mb.driver != "accelerator" else MicroBatch(
-            context=mb.context, after="clip_step" if mb.after == "step_and_zero_grad" else mb.after)
+            context=mb.context, after="clip_step" if mb.after == "step_and_zero_grad" else mb.after, query=mb.query)
             for mb in self.micro_batches]
-        return Program(tuple(plain), dataloader=self.dataloader)
+        return Program(tuple(plain), dataloader=self.dataloader, restart_at=self.restart_at)
 
     def to_json(self) -> dict:
-        return {"dataloader": self.dataloader,
-                "micro_batches": [{"set_boundary": mb.set_boundary, "context": mb.context, "backward": mb.backward,
-                                   "after": mb.after, "driver": mb.driver} for mb in self.micro_batches]}
+        data: dict = {"dataloader": self.dataloader,
+                      "micro_batches": [{"set_boundary": mb.set_boundary, "context": mb.context, "backward": mb.backward,
+                                         "after": mb.after, "driver": mb.driver,
+                                         **({"query": True} if mb.query else {}),
+                                         **({"form": mb.form} if mb.form != "model" else {})}
+                                        for mb in self.micro_batches]}
+        if self.restart_at is not None:
+            data["restart_at"] = self.restart_at
+        return data
 
     @classmethod
     def from_json(cls, data: dict) -> "Program":
-        return cls(tuple(MicroBatch(**mb) for mb in data["micro_batches"]), dataloader=bool(data["dataloader"]))
+        return cls(tuple(MicroBatch(**mb) for mb in data["micro_batches"]), dataloader=bool(data["dataloader"]),
+                   restart_at=data.get("restart_at"))

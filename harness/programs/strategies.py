@@ -1,11 +1,19 @@
-"""Hypothesis strategies that build only valid programs (DESIGN §3's model decides validity as they are drawn, so
-nothing is thrown away by ``assume``) and shrink toward the plainest code: fewer micro-batches, no override, no
-context, a plain backward, nothing after it.
+"""Hypothesis strategies that build only valid programs and shrink toward the plainest code: fewer micro-batches, no
+override, no context, a plain backward, nothing after it, no query, the ordinary call form.
 
-A program is drawn micro-batch by micro-batch: the candidates are every combination of the four choices, ordered
-plainest first (Hypothesis shrinks ``sampled_from`` toward the front), kept when the model accepts the program with
-it (a step on gradients some rank never all-reduced, or DeepSpeed stepping inside its own ``no_sync()``, trains
-wrongly on upstream too and is never generated).
+A program is drawn micro-batch by micro-batch against the model's current state (``model.step``, Hypothesis's
+stateful habit: a rule's precondition is checked on the state, never by replaying the prefix): the core choices
+(override call, context, keyword, what follows) are every combination the model accepts from this state, ordered
+plainest first (Hypothesis shrinks ``sampled_from`` toward the front); the call form and a query before the forward
+change nothing of validity and are drawn after. A program the model calls invalid (a step on gradients some rank
+never all-reduced, DeepSpeed stepping inside its own ``no_sync()``) trains wrongly on upstream too and is never
+generated.
+
+The program space reaches every clause of DESIGN §3 the explorer can see on one stack (docs/contract.md): the tiny
+GPT-2 and bf16 beside the MLP, an lr schedule that changes at every step (stepped after every optimizer call, as
+accelerate's idiom does), every call form of ``optimizer_step_and_zero_grad``, queries between the calls, an override
+left in force across boundaries, steps and context entries, DataLoader ends inside and outside ``accumulate()``,
+``scale_wrt_gas=False`` passed through, and a second accelerator after the first in one process.
 """
 from __future__ import annotations
 
@@ -15,49 +23,82 @@ from dataclasses import replace
 from hypothesis import strategies as st
 
 from ..scenario import PROGRAM, Scenario
-from .model import BACKEND_FACTS, Facts, InvalidProgram, expect
-from .program import AFTERS, CONTEXTS, NO_CALL, MicroBatch, Program
+from .model import BACKEND_FACTS, Facts, InvalidProgram, Raises, State, start, step
+from .program import AFTERS, CONTEXTS, FORMS, NO_CALL, MicroBatch, Program
 
 EXPLORED_BACKENDS = tuple(BACKEND_FACTS)
 MAX_MICRO_BATCHES = 8
+# Where a second accelerator can be built in one process (accelerate refuses a second DeepSpeed plugin; FSDP2 would
+# shard a sharded module again).
+RESTART_BACKENDS = ("single", "ddp")
 
 # Plainest first: Hypothesis shrinks a sampled_from toward its first element.
 CANDIDATES = [MicroBatch(set_boundary=b, context=c, backward=k, after=a)
               for b, c, k, a in itertools.product((NO_CALL, None, True, False), CONTEXTS, (None, True, False), AFTERS)]
+# Code that uses none of the new API (``--untouched``: upstream explored as it is, judged by the model and oracle).
+UNTOUCHED_CANDIDATES = [c for c in CANDIDATES if not c.uses_new_api]
 
 
 def _facts(backend: str, accelerate_forwards_boundary: bool) -> Facts:
     return replace(BACKEND_FACTS[backend], accelerate_forwards_boundary=accelerate_forwards_boundary)
 
 
-def _accepts(prefix: list[MicroBatch], candidate: MicroBatch, facts: Facts, g: int, clip: float | None,
-             dataloader: bool, total: int) -> bool:
-    micro = prefix + [candidate]
-    # With a DataLoader the last micro-batch of the whole program ends it; a prefix is checked without that end.
-    program = Program(tuple(micro), dataloader=dataloader and len(micro) == total)
+def _copy(state: State) -> State:
+    """A cheap copy: every field is immutable but the set of stepped optimizers."""
+    return replace(state, stepped=set(state.stepped))
+
+
+def accepts(state: State, candidate: MicroBatch, last_of_loader: bool = False, restart: bool = False) -> bool:
+    """The rule's precondition, asked of the current state: the model accepts ``candidate`` next."""
     try:
-        expect(program, facts, g, clip)
+        step(_copy(state), candidate, last_of_loader, restart)
     except InvalidProgram:
         return False
+    except Raises:
+        return True  # a §3 error the target must raise: a valid program, it ends there
     return True
 
 
 @st.composite
 def programs(draw: st.DrawFn, backend: str, accelerate_forwards_boundary: bool = True,
-             max_micro_batches: int = MAX_MICRO_BATCHES) -> Scenario:
-    """A generated program on ``backend`` as a scenario (api ``program``, schedule ``g<G>``)."""
+             max_micro_batches: int = MAX_MICRO_BATCHES, untouched: bool = False) -> Scenario:
+    """A generated program on ``backend`` as a scenario (api ``program``, schedule ``g<G>``); ``untouched``: only code
+    without the new API (explores upstream as it is)."""
     facts = _facts(backend, accelerate_forwards_boundary)
     g = draw(st.integers(1, 4), label="configured G")
     clip = draw(st.sampled_from((1.0, None)), label="clip")
     optimizer = draw(st.sampled_from(("sgd", "adamw")), label="optimizer")
     precision = draw(st.sampled_from(("fp32", "bf16")), label="precision")
+    model = draw(st.sampled_from(("mlp", "gpt2")), label="model")
+    lr_schedule = draw(st.sampled_from(("const", "decay", "warmup")), label="lr schedule")
     user_scaled = facts.deepspeed and draw(st.booleans(), label="the user divides by G (scale_wrt_gas=False)")
     total = draw(st.integers(1, max_micro_batches), label="micro-batches")
     dataloader = draw(st.booleans(), label="from a prepared DataLoader")
+    restart_wanted = (backend in RESTART_BACKENDS and not dataloader and total > 1
+                      and draw(st.booleans(), label="a second accelerator"))
+    restart_wanted_at = draw(st.integers(1, total - 1), label="second accelerator before") if restart_wanted else None
+    state = start(facts, g, clip, scheduler=lr_schedule != "const")
+    pool = UNTOUCHED_CANDIDATES if untouched else CANDIDATES
     micro: list[MicroBatch] = []
-    for _ in range(total):
-        valid = [c for c in CANDIDATES if _accepts(micro, c, facts, g, clip, dataloader, total)]
-        micro.append(draw(st.sampled_from(valid), label=f"micro-batch {len(micro)}"))
-    return Scenario(backend, PROGRAM, f"g{g}", optimizer=optimizer, precision=precision, clip=clip,
-                    world_size=facts.world_size, loss_norm="user" if user_scaled else "mean",
-                    generated=Program(tuple(micro), dataloader=dataloader))
+    restart_at = None
+    for index in range(total):
+        last = dataloader and index == total - 1
+        # A second accelerator where nothing is pending (after a step, no gradient held), as a script's next phase.
+        restart = index == restart_wanted_at and not state.pending and not state.unreduced
+        valid = [c for c in pool if accepts(state, c, last, restart)]
+        core = draw(st.sampled_from(valid), label=f"micro-batch {index}")
+        form = "model"
+        if core.after == "step_and_zero_grad":
+            form = draw(st.sampled_from(FORMS), label=f"micro-batch {index}: call form")
+        query = draw(st.booleans(), label=f"micro-batch {index}: query before the forward")
+        chosen = replace(core, form=form, query=query)
+        micro.append(chosen)
+        restart_at = index if restart else restart_at
+        try:
+            step(state, chosen, last, restart)
+        except Raises:
+            pass  # the target must raise here (an engine without the boundary API): the expectation ends there
+    return Scenario(backend, PROGRAM, f"g{g}", optimizer=optimizer, precision=precision, clip=clip, model=model,
+                    lr_schedule=lr_schedule, world_size=facts.world_size,
+                    loss_norm="user" if user_scaled else "mean",
+                    generated=Program(tuple(micro), dataloader=dataloader, restart_at=restart_at))

@@ -43,6 +43,7 @@ def _p4_judge(scenario: Scenario, evidence: Evidence) -> list[Deviation]:
                 found.append(Deviation(scenario.id, name, f"{rank} · micro-batch {index}", "accelerator.sync_gradients",
                                        f"got {got}, want {want}"))
                 break
+        found += _queries(scenario, name, rank, trace, expectation)
         if expectation.engine_global_steps is not None:
             if trace.engine_global_steps is None:
                 found.append(not_recorded(scenario, name, rank, "engine.global_steps"))
@@ -57,6 +58,27 @@ def _p4_judge(scenario: Scenario, evidence: Evidence) -> list[Deviation]:
             else:
                 found += compare_scalar(step.lr, want.lr, scenario=scenario.id, prop=name, where=where,
                                         label="lr used by the step", rtol=LR_RTOL, atol=0.0)
+    return found
+
+
+def _queries(scenario: Scenario, name: str, rank: str, trace, expectation) -> list[Deviation]:
+    """What user code read before a forward (§3: sync_gradients reports the resolved boundary of the most recent
+    backward until the next accumulate() entry or backward; on DeepSpeed the override reaches the engine before the
+    forward). A query the program made and the trace lacks is a deviation; a value the model does not judge (None) is
+    skipped by name, not silently."""
+    found = []
+    for index, mb in enumerate(expectation.micro_batches):
+        if mb.query is None:
+            continue
+        where = f"{rank} · micro-batch {index} (before the forward)"
+        if index not in trace.queries:
+            found.append(not_recorded(scenario, name, where, "the query"))
+            continue
+        got = trace.queries[index]
+        for label, seen, want in (("accelerator.sync_gradients", got[0], mb.query[0]),
+                                  ("engine.is_gradient_accumulation_boundary()", got[1], mb.query[1])):
+            if want is not None and seen != want:
+                found.append(Deviation(scenario.id, name, where, label, f"got {seen}, want {want}"))
     return found
 
 

@@ -41,6 +41,7 @@ def _judge(scenario: Scenario, evidence: Evidence) -> list[Deviation]:
             for call, (got, kind) in enumerate(zip(got_all, kinds)):
                 at = where if len(kinds) == 1 else f"{where} · call {call + 1} (optimizer {call + 1} of {len(kinds)})"
                 found += _returned(scenario, at, got, kind, index, call, norm_at, rtol, atol)
+        found += _clip_warning(scenario, rank, trace, expectation)
         if zero_stage is None:
             continue
         for k, (step, want) in enumerate(zip(trace.steps, local.steps)):
@@ -72,6 +73,26 @@ def _returned(scenario: Scenario, where: str, got: float | None, kind: str, inde
         found.append(Deviation(scenario.id, name, where, RETURNED, f"returned {type(got).__name__}, want a Python float"))
     return found + compare_scalar(got, norm_at[index][call], scenario=scenario.id, prop=name, where=where,
                                   label=f"{RETURNED} (pre-clip norm)", rtol=rtol, atol=atol)
+
+
+CLIP_WARNING = "differs from DeepSpeed's gradient_clipping"
+
+
+def _clip_warning(scenario: Scenario, rank: str, trace, expectation) -> list[Deviation]:
+    """§3: a max_grad_norm that differs from DeepSpeed's gradient_clipping warns once, naming both values; none where
+    they agree."""
+    expected = sum(mb.warns_clip_mismatch for mb in expectation.micro_batches)
+    said = [w for w in trace.warnings if CLIP_WARNING in w]
+    name = P6.name
+    if expected and not said:
+        return [Deviation(scenario.id, name, rank, "warning", "no warning that max_grad_norm differs from DeepSpeed's "
+                          "gradient_clipping (§3: warn once, naming both values)")]
+    if not expected and said:
+        return [Deviation(scenario.id, name, rank, "warning", f"warned {said[0]!r} where max_grad_norm agrees with "
+                          "DeepSpeed's gradient_clipping or was not given")]
+    if said and not all(("max_grad_norm=" in w and "gradient_clipping=" in w) for w in said):
+        return [Deviation(scenario.id, name, rank, "warning", f"{said[0]!r} does not name both values")]
+    return []
 
 
 P6 = register(Property(
