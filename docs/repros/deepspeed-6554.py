@@ -84,7 +84,9 @@ def run(stage, call, rank):
 
 def main():
     os.environ.setdefault("LOCAL_SIZE", "2")
-    dist.init_process_group("gloo")
+    import deepspeed
+
+    deepspeed.init_distributed(dist_backend="gloo")
     rank = dist.get_rank()
     table = {(stage, call): run(stage, call, rank) for stage in range(4) for call in CALLS}
     present = False
@@ -106,8 +108,7 @@ def main():
         print("expected: one meaning per call at every stage (c = 0, PyTorch's, or c = 1, the PR's), later windows "
               "untouched")
         print("BUG PRESENT" if present else "bug absent")
-    dist.barrier()
-    dist.destroy_process_group()
+    dist.barrier()  # the process group stays up: the engines' __del__ at exit still talks to it
     sys.exit(1 if present else 0)
 
 
