@@ -4,7 +4,8 @@ epoch too, when that window holds fewer micro-batches: its update was len/G of t
 
 Upstream only (torch, transformers, accelerate). One process on CPU:
     python docs/repros/transformers-38837.py
-Exit 1 when the bug is present, 0 when absent.
+Exit 1 when the bug is present, 0 when absent. Under DeepSpeed (ZeRO-0; the Trainer sends ``scale_wrt_gas=False``
+and does the scaling itself): ``torchrun --nproc_per_node 1 docs/repros/transformers-38837.py deepspeed``.
 
 What it measures: a small MLP whose ``forward(x, labels)`` has no ``**kwargs`` (so the Trainer scales by G), 20
 samples, batch 2, G = 4: one epoch is 10 micro-batches, windows 4, 4, 2. SGD (lr 0.1, constant, no clipping). Every
@@ -12,14 +13,19 @@ micro-batch the Trainer feeds is recorded, and each optimizer step is compared w
 the step started from: the mean loss over the window's micro-batches, one SGD step. The ratio is the projection of the
 Trainer's update on PyTorch's (1.0 = right; the bug gives 2/4 = 0.5 on the last window).
 """
+import os
 import sys
 import tempfile
 
-import torch
-import transformers
-from transformers import Trainer, TrainerCallback, TrainingArguments
+if "deepspeed" in sys.argv[1:]:
+    os.environ.setdefault("ACCELERATE_USE_DEEPSPEED", "true")  # before accelerate is imported
+
+import torch  # noqa: E402
+import transformers  # noqa: E402
+from transformers import Trainer, TrainerCallback, TrainingArguments  # noqa: E402
 
 SAMPLES, BATCH, G, LR = 20, 2, 4, 0.1
+DEEPSPEED = "deepspeed" in sys.argv[1:]
 
 
 class Regressor(torch.nn.Module):
@@ -79,16 +85,27 @@ def main():
     torch.manual_seed(0)
     model = Regressor()
     log = {"params": [], "windows": [], "pending": []}
+    extra = {}
+    if DEEPSPEED:  # CPU: the process group must be gloo, and the Trainer must keep it (accelerate counts 1 otherwise)
+        from accelerate import PartialState
+
+        PartialState(backend="gloo")
+        extra = {"deepspeed": {"train_micro_batch_size_per_gpu": BATCH, "gradient_accumulation_steps": G,
+                               "train_batch_size": BATCH * G, "gradient_clipping": 0.0, "zero_optimization": {"stage": 0},
+                               "zero_allow_untested_optimizer": True, "steps_per_print": 10**6,
+                               "fp16": {"enabled": False}, "bf16": {"enabled": False}},
+                 "accelerator_config": {"use_configured_state": True}}
     with tempfile.TemporaryDirectory() as output:
-        args = TrainingArguments(output_dir=output, use_cpu=True, per_device_train_batch_size=BATCH,
+        args = TrainingArguments(output_dir=output, use_cpu=not DEEPSPEED, per_device_train_batch_size=BATCH,
                                  gradient_accumulation_steps=G, num_train_epochs=1, learning_rate=LR, optim="sgd",
                                  lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=0.0,
                                  save_strategy="no", report_to="none", logging_strategy="no", disable_tqdm=True,
-                                 seed=0, dataloader_pin_memory=False)
+                                 seed=0, dataloader_pin_memory=False, **extra)
         trainer = RecordingTrainer(model=model, args=args, train_dataset=Samples(), callbacks=[Recorder(log)])
         trainer.record = log
         trainer.train()
-    print(f"versions: torch {torch.__version__}, transformers {transformers.__version__}")
+    print(f"versions: torch {torch.__version__}, transformers {transformers.__version__}"
+          + (f", deepspeed {__import__('deepspeed').__version__} (ZeRO-0, 1 rank)" if DEEPSPEED else ""))
     print(f"setup: MLP without **kwargs (model_accepts_loss_kwargs={trainer.model_accepts_loss_kwargs}), Trainer, "
           f"SGD lr {LR}, {SAMPLES} samples, batch {BATCH}, G={G}, one epoch")
     windows = [len(w) for w in log["windows"]]

@@ -60,7 +60,7 @@ def trainer_update(batch_size, accumulation):
         extra = {"deepspeed": {"train_micro_batch_size_per_gpu": batch_size, "gradient_accumulation_steps": accumulation,
                                "train_batch_size": batch_size * accumulation, "gradient_clipping": 0.0,
                                "zero_optimization": {"stage": 0}, "zero_allow_untested_optimizer": True,
-                               "steps_per_print": 10**6},
+                               "steps_per_print": 10**6, "fp16": {"enabled": False}, "bf16": {"enabled": False}},
                  "accelerator_config": {"use_configured_state": True}}
     with tempfile.TemporaryDirectory() as output:
         args = TrainingArguments(output_dir=output, use_cpu=not DEEPSPEED, per_device_train_batch_size=batch_size,
