@@ -10,9 +10,10 @@ What it measures: accelerate's ``accumulate()`` loop on DeepSpeed ZeRO-0, fp32, 
 three windows; in window k the loop sets ``param_groups[0]["lr"] = LRS[k]`` after ``accelerator.backward(loss)`` and
 before ``optimizer.step()``, once per optimizer step (``if accelerator.sync_gradients:``, the usual place for per-step
 work). Control: ``... accelerate-2951.py every`` sets it after every micro-batch's backward instead; at G > 1 the set
-after micro-batch 1 then lands before the boundary's backward, and the bug hides (it shows again at G = 1). The lr each step really used is read from the update: Δ = -lr·g, with g the window's
-gradient from plain PyTorch (all ranks' data, each micro-batch loss / G, averaged over ranks) at the parameters the
-step started from. PyTorch semantics: the lr set before ``optimizer.step()`` is the one it uses.
+after micro-batch 1 then lands before the boundary's backward, and the bug hides (it shows again at G = 1). The lr
+each step really used is read from the update: Δ = -lr·g, with g the window's gradient from plain PyTorch (all ranks'
+data, each micro-batch loss / G, averaged over ranks) at the parameters the step started from. PyTorch semantics:
+the lr set before ``optimizer.step()`` is the one it uses.
 """
 import os
 import sys

@@ -9,8 +9,9 @@ Exit 1 when the bug is present, 0 when absent.
 What it measures: the raw engine's own loop (``engine(x)``, ``engine.backward``, ``engine.step``) at ZeRO-2, and
 ZeRO-1 as the control, fp32, torch SGD (lr 0.1), no clipping, G = 4, two windows. Each window's update and the
 engine's reported grad norm are compared with plain PyTorch from the parameters the window started from (all ranks'
-data, each micro-batch loss / G, averaged over ranks): the update ratio is its projection on PyTorch's (1.0 = right), and the share of each micro-batch in the update is
-fitted by least squares on the per-micro-batch gradients (all 1 = right).
+data, each micro-batch loss / G, averaged over ranks): the update ratio is its projection on PyTorch's (1.0 = right),
+and the share of each micro-batch in the update is fitted by least squares on the per-micro-batch gradients (all 1 =
+right).
 """
 import os
 import sys
