@@ -37,11 +37,37 @@ BACKENDS = {
     "override_leaks": GENERIC,
     "counts_boundary_twice": DEEPSPEED,
     "override_outlives_accelerator": GENERIC,
+    # issue 23's public-API mutants, where their clause applies
+    "none_clips_to_one": ("single", "ddp"),
+    "without_model_measures_nothing": ("single", "ddp"),
+    "off_boundary_zeroes": ("single", "ddp"),
+    "second_call_steps_again": ("single", "ddp"),
+    "inherits_override": ("single", "ddp"),
+    "override_reaches_engine_late": DEEPSPEED,
+    "never_warns_clip_mismatch": DEEPSPEED,
+    "zero0_norm_unmeasured": ("ds0",),
 }
+# Mutants whose bug needs a model shape programs do not draw (two models, two heads) or that replace the DeepSpeed
+# wrapper, not the accelerator: named scenarios and wrapper checks catch them (docs/contract.md).
+NOT_EXPLORED = ("global_step_consumed", "per_tensor_resync")
 
 
 def mutants() -> list[str]:
-    return sorted(p.stem for p in (REPO / "tests" / "mutants").glob("*.py") if p.stem != "__init__")
+    """Accelerator mutants the explorer can run (wrapper mutants expose a ``Wrapper`` only)."""
+    return sorted(p.stem for p in (REPO / "tests" / "mutants").glob("*.py")
+                  if p.stem != "__init__" and p.stem not in NOT_EXPLORED and "class Accelerator" in p.read_text())
+
+
+def _write_sentinels(rows: list[dict]) -> None:
+    """The shrunk program of every caught mutant becomes a sentinel every profile replays (harness/programs/
+    sentinels.json, package data; harness.scenario.sentinels)."""
+    from harness.scenario import SENTINELS
+
+    programs = [{"mutant": r["mutant"], "property": r["property"], "scenario": r["scenario"]}
+                for r in rows if r.get("caught") and r.get("scenario")]
+    write_atomic(SENTINELS, json.dumps({"written_by": "benchmarks/explore_mutants.py", "programs": programs},
+                                       indent=1) + "\n")
+    print(f"{len(programs)} sentinel programs written to {SENTINELS}")
 
 
 def main() -> int:
@@ -83,6 +109,8 @@ def main() -> int:
     result = {"benchmark": "explore_mutants", "examples_per_backend": args.examples, "rows": rows,
               "caught": sum(r["caught"] for r in rows), "mutants": len(rows)}
     write_atomic(out, json.dumps(result, indent=1) + "\n")
+    if not args.only or out.exists():
+        _write_sentinels(result["rows"])
     print(f"{result['caught']}/{result['mutants']} caught; wrote {args.out}")
     return 0
 

@@ -71,9 +71,9 @@ def _backends(config: pytest.Config) -> Iterable[str]:
 def _profile(config: pytest.Config) -> list[Scenario]:
     cached = getattr(config, "_accumgate_profile", None)
     if cached is None:
-        from .scenario import profile
+        from .selection import profile_scenarios
 
-        cached = profile(config.getoption("accumgate_profile"), _backends(config))
+        cached = profile_scenarios(config.getoption("accumgate_profile"), tuple(_backends(config)))
         config._accumgate_profile = cached  # type: ignore[attr-defined]
     return cached
 

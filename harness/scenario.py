@@ -8,7 +8,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Iterable
 
 from .programs.program import Program
@@ -461,12 +463,32 @@ def clients(backends: Iterable[str] = BACKENDS) -> list[Scenario]:
     return out
 
 
+SENTINELS = Path(__file__).resolve().parent / "programs" / "sentinels.json"
+
+
+def sentinels(backends: Iterable[str] = BACKENDS) -> list[Scenario]:
+    """The shrunk programs that caught each mutant of tests/mutants when the explorer last ran them
+    (benchmarks/explore_mutants.py writes them, package data): every profile replays them, so a bug the explorer once
+    found on a backend is looked for by every run on it, the CLI's bare default included."""
+    if not SENTINELS.exists():
+        return []
+    keep = set(backends)
+    out = []
+    for entry in json.loads(SENTINELS.read_text())["programs"]:
+        scenario = Scenario.from_json(entry["scenario"])
+        if scenario.backend in keep and scenario not in out:
+            out.append(scenario)
+    return out
+
+
 def profile(name: str, backends: Iterable[str] = BACKENDS) -> list[Scenario]:
     """The scenarios of a profile: quick as it is; ci and full add the batch-split groups P10 compares and the client
     programs, so that every property has its scenarios in the one list both faces run."""
     if name not in PROFILE_BUILDERS:
         raise ValueError(f"--profile {name!r}: expected one of {', '.join(PROFILES)}")
     chosen = PROFILE_BUILDERS[name](backends)
+    seen = set(chosen)
+    chosen += [s for s in sentinels(backends) if s not in seen and not seen.add(s)]
     if name != "quick":
         seen = set(chosen)
         chosen += [s for s in split_groups(backends) + clients(backends) + shapes(backends)

@@ -28,6 +28,45 @@ def chosen_backends(text: str | None) -> tuple[str, ...]:
     return wanted
 
 
+# Generated programs the quick profile (the CLI's default run) carries per backend, beside the sentinel programs every
+# profile replays (scenario.sentinels): drawn derandomized, so every run of a version draws the same ones.
+QUICK_PROGRAMS = 8
+
+
+def profile_scenarios(profile_name: str, backends: tuple[str, ...]) -> list[Scenario]:
+    """The profile's scenarios; the quick profile also draws ``QUICK_PROGRAMS`` generated programs per backend, so a
+    vendor's first, bare ``accumgate run`` is not a weaker suite than the explorer (the sentinels, the shrunk programs
+    that caught each mutant of tests/mutants, come with every profile)."""
+    chosen = profile(profile_name, backends)
+    if profile_name == "quick":
+        seen = set(chosen)
+        chosen += [s for s in sampled_programs(backends, QUICK_PROGRAMS) if s not in seen and not seen.add(s)]
+    return chosen
+
+
+def sampled_programs(backends: tuple[str, ...], per_backend: int) -> list[Scenario]:
+    """``per_backend`` generated programs on each backend the explorer covers, drawn derandomized by Hypothesis (the
+    explorer's own strategy, without shrinking or a database)."""
+    from hypothesis import HealthCheck, Phase, given, settings
+
+    from .programs.strategies import EXPLORED_BACKENDS, programs
+    from .stack import accelerate_forwards_boundary
+
+    def draw(backend: str) -> list[Scenario]:
+        drawn: list[Scenario] = []
+
+        @settings(max_examples=per_backend, derandomize=True, database=None, phases=[Phase.generate],
+                  suppress_health_check=list(HealthCheck), deadline=None)
+        @given(programs(backend, accelerate_forwards_boundary()))
+        def collect(scenario: Scenario) -> None:
+            drawn.append(scenario)
+
+        collect()
+        return list(dict.fromkeys(drawn))
+
+    return [s for backend in backends if backend in EXPLORED_BACKENDS for s in draw(backend)]
+
+
 def scenarios(profile_name: str, backends: str | None = None, k: str | None = None,
               world_size: int | None = None) -> list[Scenario]:
     try:
@@ -35,7 +74,7 @@ def scenarios(profile_name: str, backends: str | None = None, k: str | None = No
     except SelectionError as exc:
         raise SelectionError(f"--backends: {exc}") from exc
     try:
-        found = select(profile(profile_name, chosen), k)
+        found = select(profile_scenarios(profile_name, chosen), k)
     except ValueError as exc:
         raise SelectionError(str(exc)) from exc
     except Exception as exc:  # pytest's ParseError for a bad -k expression

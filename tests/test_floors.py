@@ -8,12 +8,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 FLOORS = {
-    0: ["scenario", "programs.program", "programs.styles", "trace", "targets", "xfails", "models", "stack"],
-    1: ["data", "compare", "programs.model", "oracle", "backends", "loops", "metrics", "results", "selection",
-        "clients", "job"],
+    0: ["scenario", "programs.program", "programs.clauses", "programs.styles", "trace", "targets", "xfails", "models", "stack"],
+    1: ["data", "compare", "programs.model", "programs.strategies", "oracle", "backends", "loops", "metrics", "results",
+        "selection", "clients", "job"],
     2: ["world", "properties", "reports"],
     3: ["runner", "replay"],
-    4: ["cli", "pytest_plugin", "worker", "explore", "fsdp_env", "programs.strategies", "programs.repro"],
+    4: ["cli", "pytest_plugin", "worker", "explore", "fsdp_env", "programs.repro"],
 }
 FLOOR_OF = {name: floor for floor, names in FLOORS.items() for name in names}
 

@@ -97,7 +97,10 @@ def _mb(**fields) -> MicroBatch:
     return MicroBatch(**fields)
 
 
-def _run(*micro: MicroBatch, facts: Facts = Facts("single", 1), g: int = 4, clip: float | None = 1.0,
+SINGLE = Facts("single", 1)
+
+
+def _run(*micro: MicroBatch, facts: Facts = SINGLE, g: int = 4, clip: float | None = 1.0,
          scheduler: bool = False, optimizers: int = 1, restart_at: int | None = None, dataloader: bool = False):
     return expect(Program(tuple(micro), dataloader=dataloader, restart_at=restart_at), facts, g, clip, scheduler,
                   optimizers)

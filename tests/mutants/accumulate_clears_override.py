@@ -4,6 +4,8 @@ import contextlib
 
 from reference_impl import BoundaryAwareAccelerator
 
+CLAUSES = ("C17",)
+
 
 class Accelerator(BoundaryAwareAccelerator):
     @contextlib.contextmanager

@@ -6,6 +6,8 @@ import torch
 
 from reference_impl import BoundaryAwareAccelerator
 
+CLAUSES = ("C16",)
+
 
 class Accelerator(BoundaryAwareAccelerator):
     def clip_grad_norm_(self, parameters, max_norm, norm_type=2):

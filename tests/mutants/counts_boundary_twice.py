@@ -4,6 +4,8 @@ a later loop left to DeepSpeed's counter) is off. Only the engine's counters com
 (P8) can see it on a run whose steps are all explicit."""
 from reference_impl import BoundaryAwareAccelerator
 
+CLAUSES = ("C6",)
+
 
 class Accelerator(BoundaryAwareAccelerator):
     def backward(self, loss, is_final_micro_batch=None, **kwargs):

@@ -4,6 +4,8 @@ untouched code must do the same (DESIGN §3 rule 3), and only a program that lea
 ``accumulate()`` shows the difference."""
 from reference_impl import BoundaryAwareAccelerator
 
+CLAUSES = ("C3",)
+
 
 class Accelerator(BoundaryAwareAccelerator):
     _inside = 0

@@ -3,6 +3,8 @@ the same window's update twice amounts to under SGD, and more than AdamW's momen
 by two steps where the schedule says one."""
 from reference_impl import BoundaryAwareAccelerator, BoundaryAwareDeepSpeedEngineWrapper
 
+CLAUSES = ("C6",)
+
 
 class _Wrapper(BoundaryAwareDeepSpeedEngineWrapper):
     _boundaries = 0

@@ -2,6 +2,8 @@
 DeepSpeed divides the user's own token-normalised loss by G once more (transformers #35808 relies on them)."""
 from reference_impl import BoundaryAwareAccelerator
 
+CLAUSES = ("C21",)
+
 
 class Accelerator(BoundaryAwareAccelerator):
     def backward(self, loss, is_final_micro_batch=None, **kwargs):

@@ -3,6 +3,8 @@ the boundary itself: the engine steps at the right places, but its micro-step co
 anything keyed to it (DeepSpeed's own bookkeeping and logging) drifts. Only the counters (P8) see it."""
 from reference_impl import BoundaryAwareAccelerator, BoundaryAwareDeepSpeedEngineWrapper
 
+CLAUSES = ("C6",)
+
 
 class _Wrapper(BoundaryAwareDeepSpeedEngineWrapper):
     def backward(self, loss, sync_gradients=None, is_final_micro_batch=None, **kwargs):

@@ -3,6 +3,8 @@ every optimizer, so with two models and two optimizers (a GAN, an actor and a cr
 gradients pile up. DESIGN §3: each optimizer steps once per boundary."""
 from reference_impl import BoundaryAwareAccelerator
 
+CLAUSES = ("C20",)
+
 
 class Accelerator(BoundaryAwareAccelerator):
     def optimizer_step_and_zero_grad(self, optimizer, model=None, max_grad_norm=None):

@@ -3,6 +3,8 @@ the keyword replaced it. The keyword is per call (DESIGN §3 rule 1): after it t
 style mixes the two; a generated program does."""
 from reference_impl import BoundaryAwareAccelerator
 
+CLAUSES = ("C2",)
+
 
 class Accelerator(BoundaryAwareAccelerator):
     def backward(self, loss, is_final_micro_batch=None, **kwargs):

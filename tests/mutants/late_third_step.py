@@ -2,6 +2,8 @@
 window, with its gradient in it)."""
 from reference_impl import BoundaryAwareAccelerator
 
+CLAUSES = ("C6",)
+
 
 class Accelerator(BoundaryAwareAccelerator):
     _boundaries = 0

@@ -3,6 +3,8 @@ gradients carry over into the next one and a whole step is lost. Under bf16 or A
 at the first step, or allows lr-sized drift, would not see it; P2/P5 judge every step from where the run stood."""
 from reference_impl import BoundaryAwareAccelerator
 
+CLAUSES = ("C6",)
+
 
 class Accelerator(BoundaryAwareAccelerator):
     _boundaries = 0

@@ -1,6 +1,8 @@
 """Bug: ``optimizer_step_and_zero_grad`` steps but never zeroes: gradients leak into the next window."""
 from reference_impl import BoundaryAwareAccelerator
 
+CLAUSES = ("C16",)
+
 
 class _KeepGrads:
     def __init__(self, optimizer):

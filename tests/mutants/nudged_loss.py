@@ -2,6 +2,8 @@
 so only the bit-identity of manual vs automatic accumulation (P1) can see it."""
 from reference_impl import BoundaryAwareAccelerator
 
+CLAUSES = ("C1",)
+
 
 class Accelerator(BoundaryAwareAccelerator):
     def backward(self, loss, is_final_micro_batch=None, **kwargs):

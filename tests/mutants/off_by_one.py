@@ -1,6 +1,8 @@
 """Bug: each boundary is applied one micro-batch late."""
 from reference_impl import BoundaryAwareAccelerator
 
+CLAUSES = ("C6",)
+
 
 class Accelerator(BoundaryAwareAccelerator):
     _previous = (False, True)

@@ -3,6 +3,8 @@ accumulation_boundary(True)``) reaches the engine as if the schedule had said it
 ``engine.no_sync()``, and DeepSpeed's assert is what the user sees. Only the keyword is treated as the user's."""
 from reference_impl import BoundaryAwareAccelerator, BoundaryAwareDeepSpeedEngineWrapper
 
+CLAUSES = ("C24",)
+
 
 class _Wrapper(BoundaryAwareDeepSpeedEngineWrapper):
     def backward(self, loss, sync_gradients=None, is_final_micro_batch=None, **kwargs):

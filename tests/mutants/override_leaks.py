@@ -2,6 +2,8 @@
 created in the same process (the next scenario, the next training job)."""
 from reference_impl import BoundaryAwareAccelerator
 
+CLAUSES = ("C17",)
+
 
 class Accelerator(BoundaryAwareAccelerator):
     _shared_override = None

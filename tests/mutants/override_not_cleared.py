@@ -1,6 +1,8 @@
 """Bug: ``set_deepspeed_gradient_accumulation_boundary(None)`` is ignored: the override never clears."""
 from reference_impl import BoundaryAwareAccelerator
 
+CLAUSES = ("C2",)
+
 
 class Accelerator(BoundaryAwareAccelerator):
     def set_deepspeed_gradient_accumulation_boundary(self, is_boundary):

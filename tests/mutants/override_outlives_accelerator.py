@@ -4,6 +4,8 @@ follows one which left set_deepspeed_gradient_accumulation_boundary(True) set (t
 the same process) steps on every micro-batch: only P8-leak, which runs exactly that, can see it."""
 from reference_impl import BoundaryAwareAccelerator
 
+CLAUSES = ("C17",)
+
 _LAST_SET: list = [None]
 
 

@@ -3,7 +3,7 @@ at the next ``backward``; code before the forward (``engine.is_gradient_accumula
 sees the old boundary. Training is right; the engine's view before the forward is not."""
 from reference_impl import BoundaryAwareAccelerator
 
-CLAUSES = ("C23",)
+CLAUSES = ("C23", "C10")
 _UNSET = object()
 
 

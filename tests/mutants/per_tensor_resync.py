@@ -6,6 +6,8 @@ import torch
 
 from reference_impl import BoundaryAwareAccelerator
 
+CLAUSES = ("C5",)
+
 
 class Accelerator(BoundaryAwareAccelerator):
     def _sync_held_gradients(self, loss):

@@ -1,6 +1,8 @@
 """Bug: ``optimizer_step_and_zero_grad`` returns the norm after clipping instead of before."""
 from reference_impl import BoundaryAwareAccelerator
 
+CLAUSES = ("C16", "C14")
+
 
 class Accelerator(BoundaryAwareAccelerator):
     def optimizer_step_and_zero_grad(self, optimizer, model=None, max_grad_norm=None):

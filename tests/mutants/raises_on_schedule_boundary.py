@@ -3,6 +3,8 @@ boundary that only the *schedule* gave (a plain backward outside accumulate(), a
 treated as the user's and raises. Only the old-engine probe (P9) sees it."""
 from reference_impl import BoundaryAwareAccelerator, BoundaryAwareDeepSpeedEngineWrapper
 
+CLAUSES = ("C26",)
+
 
 class _Wrapper(BoundaryAwareDeepSpeedEngineWrapper):
     def backward(self, loss, sync_gradients=None, is_final_micro_batch=None, **kwargs):

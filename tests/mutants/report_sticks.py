@@ -3,6 +3,8 @@
 holds every later plain ``backward``: the model silently stops training."""
 from reference_impl import BoundaryAwareAccelerator
 
+CLAUSES = ("C3",)
+
 
 class Accelerator(BoundaryAwareAccelerator):
     def _schedule_sync_gradients(self):

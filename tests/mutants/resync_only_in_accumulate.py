@@ -5,6 +5,8 @@ import contextlib
 
 from reference_impl import BoundaryAwareAccelerator
 
+CLAUSES = ("C5",)
+
 
 class Accelerator(BoundaryAwareAccelerator):
     _in_accumulate = False

@@ -4,6 +4,8 @@ gradients are all-reduced anyway, so ``no_sync`` no longer holds back the all-re
 upstream (P3) do not."""
 from reference_impl import BoundaryAwareAccelerator
 
+CLAUSES = ("C4",)
+
 
 class Accelerator(BoundaryAwareAccelerator):
     def backward(self, loss, is_final_micro_batch=None, **kwargs):

@@ -2,6 +2,8 @@
 wasted communication: the seed's ``no_sync`` promise broken)."""
 from reference_impl import BoundaryAwareAccelerator
 
+CLAUSES = ("C11",)
+
 
 class Accelerator(BoundaryAwareAccelerator):
     def _ddp_models(self):

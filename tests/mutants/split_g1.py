@@ -3,6 +3,8 @@ accumulation" gone wrong). Only the (micro-batch 8, G 1) split is wrong; every o
 which batch-split invariance (P10) sees on scenarios whose own oracle comparison passes."""
 from reference_impl import BoundaryAwareAccelerator
 
+CLAUSES = ("C8",)
+
 
 class Accelerator(BoundaryAwareAccelerator):
     def backward(self, loss, is_final_micro_batch=None, **kwargs):

@@ -4,6 +4,8 @@ accelerator.sync_gradients: ...`` (logging, the lr scheduler) is told the wrong 
 schedule the lr too."""
 from reference_impl import BoundaryAwareAccelerator
 
+CLAUSES = ("C12",)
+
 
 class Accelerator(BoundaryAwareAccelerator):
     def _report_boundary(self, boundary):

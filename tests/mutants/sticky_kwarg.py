@@ -1,6 +1,8 @@
 """Bug: the per-call keyword is stored as the persistent override."""
 from reference_impl import BoundaryAwareAccelerator
 
+CLAUSES = ("C1",)
+
 
 class Accelerator(BoundaryAwareAccelerator):
     def _resolve_boundary(self, is_final_micro_batch):

@@ -3,6 +3,8 @@ plain backward is scaled by one part in a million. Inside the oracle's fp32 tole
 installed upstream accelerate (P3) can see it."""
 from reference_impl import BoundaryAwareAccelerator
 
+CLAUSES = ("C4",)
+
 
 class Accelerator(BoundaryAwareAccelerator):
     def backward(self, loss, is_final_micro_batch=None, **kwargs):

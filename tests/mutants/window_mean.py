@@ -4,6 +4,8 @@ loss is scaled up so that a window of n micro-batches counts like G of them. Uni
 windows of another length (P5) show it."""
 from reference_impl import BoundaryAwareAccelerator
 
+CLAUSES = ("C8",)
+
 
 class Accelerator(BoundaryAwareAccelerator):
     _seen_in_window = 0
