@@ -67,7 +67,21 @@ class BoundaryAwareDeepSpeedEngineWrapper(DeepSpeedEngineWrapper):
                  **kwargs: Any) -> None:
         """``is_final_micro_batch``: the user's boundary (else the override). ``sync_gradients``: the schedule's
         (accelerate >= 1.8). Neither (accelerate <= 1.7's ``backward(loss)``): the engine's own micro-step
-        counter decides and ``step()`` runs after every backward, exactly as before #3630."""
+        counter decides and ``step()`` runs after every backward, exactly as before #3630.
+
+        A keyword is per call (DESIGN §3 rule 1): after its backward the engine's sticky flag goes back to the
+        override, so that code before the next forward (ZeRO-3 prefetch, ``engine.is_gradient_accumulation_boundary()``)
+        sees the override again (§3: "the override is visible to the engine before the forward pass"). Found by the
+        explorer: override True, a keyword False, then a query before the next forward read False."""
+        try:
+            self._backward(loss, sync_gradients, is_final_micro_batch, **kwargs)
+        finally:
+            if (self._has_boundary_api and self._boundary_override is not None
+                    and is_final_micro_batch is not None and bool(is_final_micro_batch) != self._boundary_override):
+                self._set_engine_flag(self._boundary_override)
+
+    def _backward(self, loss: Any, sync_gradients: bool | None, is_final_micro_batch: bool | None,
+                  **kwargs: Any) -> None:
         explicit = is_final_micro_batch if is_final_micro_batch is not None else self._boundary_override
         explicit = None if explicit is None else bool(explicit)
         if not self._has_boundary_api:

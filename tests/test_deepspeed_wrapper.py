@@ -202,3 +202,17 @@ def test_capabilities_see_through_signature_hiding_decorators() -> None:
 
     assert "scale_wrt_gas" in parameters_of(backward)
     assert capabilities()["engine_scale_wrt_gas"] is True
+
+
+def test_after_a_keyword_the_engine_sees_the_override_again_before_the_next_forward() -> None:
+    """DESIGN §3: the keyword is per call; the override is visible to the engine before the forward pass. Found by the
+    explorer (ds1, ds3): override True, ``backward(loss, is_final_micro_batch=False)``, then the engine's boundary
+    read before the next forward was False."""
+    engine = FakeEngine(gas=4)
+    wrapper = BoundaryAwareDeepSpeedEngineWrapper(engine)
+    wrapper.set_gradient_accumulation_boundary(True)
+    wrapper.backward(loss_of(engine), is_final_micro_batch=False)
+    assert engine.global_steps == 0  # the keyword held this one
+    assert engine.is_gradient_accumulation_boundary() is True  # the override again, before the next forward
+    wrapper.backward(loss_of(engine))
+    assert engine.global_steps == 1
