@@ -122,6 +122,32 @@ def _accelerator_kwargs(scenario: Scenario) -> dict[str, Any]:
     return {"kwargs_handlers": [DistributedDataParallelKwargs(find_unused_parameters=True)]}
 
 
+def declare_unused_parameters(scenario: Scenario, module: Any) -> None:
+    """``twoheads`` on FSDP2: what ``find_unused_parameters=True`` is to DDP. FSDP2 reduce-scatters only the parameters
+    that hold a gradient on each rank, packed in order, so ranks routed to different heads reduce head_a of one rank
+    against head_b of the other, silently when the shapes agree (pytorch#158719; measured with upstream accelerate
+    1.15 and torch 2.13 in docs/repros/fsdp2-unused-param-mixing.py). torch's opt-in reduces zeros for a parameter this
+    rank did not use; a torch without it keeps the default, and the scenario then shows that upstream limitation."""
+    if scenario.model == "twoheads" and scenario.backend == "fsdp" and hasattr(module, "set_reduce_scatter_unused_params"):
+        module.set_reduce_scatter_unused_params(True)
+
+
+def _fsdp2_reduces_unused_parameters() -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return hasattr(FSDPModule, "set_reduce_scatter_unused_params")
+
+
+def steps_parameters_no_rank_used(scenario: Scenario) -> bool:
+    """Whether a parameter that no rank's forward reached in a window still gets a gradient (zeros) and is stepped:
+    DeepSpeed's reductions and partitions fill zeros for it, and so does FSDP2 once ``declare_unused_parameters`` opted
+    in (every rank reduce-scatters zeros for it). DDP and one process leave its ``.grad`` None: the torch optimizer
+    skips it (no AdamW decay, no moment update). The oracle asks this (``_Float64Run.unused``)."""
+    if scenario.is_deepspeed:
+        return True
+    return scenario.model == "twoheads" and scenario.backend == "fsdp" and _fsdp2_reduces_unused_parameters()
+
+
 def build(scenario: Scenario, accelerator_cls: Any, config_overrides: dict[str, Any] | None = None) -> Prepared:
     """The accelerator, then each part of the model prepared with its own optimizer (and lr scheduler), the way a
     user prepares two models: one ``prepare`` call per model and its optimizer (FSDP2 takes one model per call)."""
@@ -154,6 +180,7 @@ def build(scenario: Scenario, accelerator_cls: Any, config_overrides: dict[str, 
         else:
             scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, LR_LAMBDAS[scenario.lr_schedule])
             module, optimizer, scheduler = accelerator.prepare(module, optimizer, scheduler)
+        declare_unused_parameters(scenario, module)
         prepared.parts.append(module)
         prepared.optimizers.append(optimizer)
         prepared.schedulers.append(scheduler)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .backends import LR_LAMBDAS, build_optimizer
+from .backends import LR_LAMBDAS, build_optimizer, steps_parameters_no_rank_used
 from .data import cast, global_window_tokens, micro_batch, window_tokens
 from .models import build_model, forward_loss, forward_token_loss_sum, parts_of
 from .programs.model import Expectation
@@ -110,11 +110,11 @@ class _Float64Run:
                                       for (name, p), g in zip(self.named, grads)}
 
     def unused(self, window: range | list[int]) -> frozenset[str]:
-        """Parameters no rank's forward reached in any micro-batch of ``window`` (after ``gradient`` ran for them): off
-        DeepSpeed they keep ``.grad`` None and the torch optimizer skips them (no AdamW decay, no moment update), as DDP
-        leaves a parameter no rank used; DeepSpeed reduces zeros for them and steps them (its all-reduce and ZeRO
-        partitions fill missing gradients with zeros), so there none is skipped."""
-        if self.s.is_deepspeed:
+        """Parameters no rank's forward reached in any micro-batch of ``window`` (after ``gradient`` ran for them): with
+        DDP and in one process they keep ``.grad`` None and the torch optimizer skips them (no AdamW decay, no moment
+        update); DeepSpeed and FSDP2 (opted in to reduce unused parameters) reduce zeros for them and step them, so
+        there none is skipped (``backends.steps_parameters_no_rank_used``)."""
+        if steps_parameters_no_rank_used(self.s):
             return frozenset()
         sets = [self._unused.get((rank, m), frozenset()) for rank in range(self.s.world_size) for m in window]
         return frozenset.intersection(*sets) if sets else frozenset()
