@@ -126,7 +126,7 @@ def declare_unused_parameters(scenario: Scenario, module: Any) -> None:
     """``twoheads`` on FSDP2: what ``find_unused_parameters=True`` is to DDP. FSDP2 reduce-scatters only the parameters
     that hold a gradient on each rank, packed in order, so ranks routed to different heads reduce head_a of one rank
     against head_b of the other, silently when the shapes agree (pytorch#158719; measured with upstream accelerate
-    1.15 and torch 2.13 in docs/repros/fsdp2-unused-param-mixing.py). torch's opt-in reduces zeros for a parameter this
+    1.15 and torch 2.13 in docs/repros/pytorch-158719.py). torch's opt-in reduces zeros for a parameter this
     rank did not use; a torch without it keeps the default, and the scenario then shows that upstream limitation."""
     if scenario.model == "twoheads" and scenario.backend == "fsdp" and hasattr(module, "set_reduce_scatter_unused_params"):
         module.set_reduce_scatter_unused_params(True)

@@ -166,7 +166,7 @@ def replay(bugs: Iterable[KnownBug], backends: Iterable[str] | None = None,
             for scenario in bug.scenarios:
                 if keep is not None and scenario.backend not in keep:
                     continue
-                runner = runners.setdefault(bug.target, Runner(bug.target, pool=pool))
+                runner = runners.setdefault(bug.target, Runner(bug.target, pool=pool, run_not_runnable=True))
                 seeds = bug.seeds_for(role)
                 outcomes = [runner.outcome(dataclasses.replace(scenario, seed=seed), codes=[bug.code])
                             for seed in range(seeds)]

@@ -66,8 +66,10 @@ class Runner:
     """Runs what the properties need on one target and returns their verdicts; caches every job and expectation."""
 
     def __init__(self, target: str, xfails: Sequence[Xfail] = (), pool: WorldPool | None = None,
-                 job_timeout_s: float = 120.0, count_collectives: bool = True) -> None:
+                 job_timeout_s: float = 120.0, count_collectives: bool = True, run_not_runnable: bool = False) -> None:
         self.target = target
+        # The known-bug replay runs scenarios measured not to be runnable, to show the bug is still there.
+        self.run_not_runnable = run_not_runnable
         self.xfails = list(xfails)
         self.pool = pool or WorldPool(job_timeout_s)
         self.count_collectives = count_collectives
@@ -86,6 +88,9 @@ class Runner:
     # -- runs -----------------------------------------------------------------------------------------------
     def job(self, need: Need) -> JobResult:
         key = _RunKey(need.scenario, need.target or self.target, need.probe, need.after)
+        refusal = None if self.run_not_runnable else need.scenario.not_runnable
+        if refusal and key not in self._jobs:  # refused up front with its measurement, no job spent on it
+            self._jobs[key] = JobResult("error", reason=refusal)
         if key not in self._jobs:
             started = time.perf_counter()
             # Counting collectives costs the profiler's time: only the subject run where P7 judges the counts (not

@@ -166,6 +166,10 @@ class Scenario:
         return self.is_uniform or self.ends_with_dataloader
 
     @property
+    def not_runnable(self) -> str | None:
+        return not_runnable_reason(self)
+
+    @property
     def is_deepspeed(self) -> bool:
         return self.backend.startswith("ds")
 
@@ -270,17 +274,6 @@ def invalid_reason(s: Scenario) -> str | None:
     if s.model == "twomodels" and (s.is_deepspeed or s.api in ("trainer",) or s.lr_schedule != "const"):
         return ("model 'twomodels' prepares two models with an optimizer each, off DeepSpeed (whose engine owns one "
                 "optimizer: a second one is refused by DESIGN §3), with a constant lr")
-    if (s.model == "twomodels" and s.backend == "fsdp" and s.clip is not None
-            and any(mb.after == "clip_step" for mb in s.program.micro_batches)):
-        return ("not runnable: accelerate's clip_grad_norm_ raises for the second of two FSDP2 models (it finds the "
-                "model by comparing parameter lists with ==, elementwise on DTensors: 'Attempting to broadcast a "
-                "dimension', measured on accelerate 1.15.0, upstream alike; docs/repros/accelerate-fsdp2-clip-two-"
-                "models.py); optimizer_step_and_zero_grad and unclipped loops run")
-    if s.model == "twoheads" and s.zero_stage == 3:
-        return ("not runnable: model 'twoheads' on ZeRO-3: DeepSpeed gathers each module's parameters as the forward "
-                "reaches it, and ranks routed to different heads ask for different gathers (measured on deepspeed "
-                "0.19.8 with upstream accelerate 1.15: 'Detected a disagreement on list contents between rank0 and "
-                "rank1'; ZeRO 0-2, DDP and FSDP2 train it)")
     if s.loss_norm == "user" and not s.is_deepspeed:
         return "loss_norm 'user' passes DeepSpeed's scale_wrt_gas=False"
     if s.loss_norm == "innermodule" and (not s.is_deepspeed or s.model != "mlp" or s.api in ("trainer",)):
@@ -304,6 +297,29 @@ def invalid_reason(s: Scenario) -> str | None:
     return None
 
 
+def not_runnable_reason(s: Scenario) -> str | None:
+    """Why a meaningful scenario cannot train on the installed stacks at all (measured, with the thread): profiles never
+    include it, a run asking for it by id gets this as an ``error`` verdict without spending a job, and the known-bug
+    replay runs it anyway to show the bug is still there (harness/replay.py)."""
+    if s.model == "twoheads" and s.zero_stage in (1, 2):
+        return ("not runnable: model 'twoheads' on ZeRO-1/2: ranks that use different parameters have their gradients "
+                "summed by bucket position, one head's into the other's (measured on deepspeed 0.19.8 and 0.15.4: "
+                "head_b steps by (g_a(rank 0) + g_b(rank 1)) / 2, head_a by 0; deepspeed#2343 and #1186: 'not supported'"
+                "; docs/repros/deepspeed-2343.py); ZeRO-0, DDP and FSDP2 train it")
+    if s.model == "twoheads" and s.zero_stage == 3:
+        return ("not runnable: model 'twoheads' on ZeRO-3: DeepSpeed gathers each module's parameters as the forward "
+                "reaches it, and ranks routed to different heads ask for different gathers (measured on deepspeed "
+                "0.19.8 with upstream accelerate 1.15: 'Detected a disagreement on list contents between rank0 and "
+                "rank1')")
+    if (s.model == "twomodels" and s.backend == "fsdp" and s.clip is not None
+            and any(mb.after == "clip_step" for mb in s.program.micro_batches)):
+        return ("not runnable: accelerate's clip_grad_norm_ raises for the second of two FSDP2 models (it finds the "
+                "model by comparing parameter lists with ==, elementwise on DTensors: 'Attempting to broadcast a "
+                "dimension', measured on accelerate 1.15.0, upstream alike; accelerate#3789, PR #4294 open; "
+                "docs/repros/accelerate-3789.py); optimizer_step_and_zero_grad and unclipped loops run")
+    return None
+
+
 def is_valid(s: Scenario) -> bool:
     try:
         return invalid_reason(s) is None
@@ -319,10 +335,12 @@ AXES: dict[str, tuple] = {
 
 
 def _build(values: dict) -> Scenario | None:
+    """A scenario the profiles can run: valid and runnable here."""
     try:
-        return Scenario(**values)
+        scenario = Scenario(**values)
     except ValueError:
         return None
+    return None if not_runnable_reason(scenario) else scenario
 
 
 def full_product(backends: Iterable[str] = BACKENDS) -> list[Scenario]:

@@ -2,7 +2,7 @@
 it asks DDP to find them, so that what it judges is accumulation and not FSDP2's SPMD assumption.
 
 Without the opt-in FSDP2 reduce-scatters head_a of one rank against head_b of the other (pytorch#158719,
-docs/repros/fsdp2-unused-param-mixing.py), and these scenarios fail P2 and P8; with it, a head no rank used in a window
+docs/repros/pytorch-158719.py), and these scenarios fail P2 and P8; with it, a head no rank used in a window
 gets zeros and AdamW steps it (decay), which the oracle must then expect too (``backends.steps_parameters_no_rank_used``).
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""DeepSpeed ZeRO-1/2: a parameter used on some ranks only is reduced against ANOTHER parameter's gradient.
+"""deepspeed#2343 (and #1186; closed: 'not supported'): ZeRO-1/2: a parameter used on some ranks only is reduced against ANOTHER parameter's gradient.
 
 Upstream only (torch + accelerate + deepspeed; no accumgate). A trunk and two same-shaped heads; each micro-batch
 goes through one head, chosen per (rank, micro-batch). When the ranks use different heads in the same backward
@@ -13,12 +13,14 @@ Each micro-batch is a boundary (G = 1), SGD without momentum, no clipping, fp32:
 is ``-lr × gradient``; this script compares every parameter after every step, and the engine's global grad norm,
 with float64, prints expected vs got and exits 1 when they differ (0 when they agree).
 
-    OMP_NUM_THREADS=1 torchrun --nproc_per_node 2 docs/repros/deepspeed-zero-unused-param-mixing.py --stage 2
+    OMP_NUM_THREADS=1 torchrun --nproc_per_node 2 docs/repros/deepspeed-2343.py --stage 2
     options: --stage 0|1|2  --offload  --bf16  --route disjoint|harness|same  --steps N  --gas G
 
 ``--route disjoint``: rank r uses head r on every micro-batch (the minimal trigger); ``harness``: head_b iff
 (micro-batch + rank) % 4 == 1 (accumgate's twoheads); ``same``: both ranks use head_a on even micro-batches and
 head_b on odd ones (control: every rank uses the same parameters, must pass).
+
+Exit 1 when the bug is present, 0 when absent.
 """
 from __future__ import annotations
 
@@ -165,4 +167,5 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    present = main()
+    sys.exit(1 if present else 0)

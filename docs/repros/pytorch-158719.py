@@ -1,4 +1,4 @@
-"""FSDP2 (``fully_shard``): a parameter used on some ranks only is reduce-scattered against ANOTHER parameter's gradient.
+"""pytorch#158719 (open; the opt-in set_reduce_scatter_unused_params exists): FSDP2 (``fully_shard``): a parameter used on some ranks only is reduce-scattered against ANOTHER parameter's gradient.
 
 Upstream only (torch + accelerate; no accumgate). A trunk and two same-shaped heads; each micro-batch goes through one
 head, chosen per (rank, micro-batch). FSDP2's post-backward reduce-scatters only the parameters that hold a gradient on
@@ -15,9 +15,11 @@ then the state's distributed type set to FSDP before ``prepare``. SGD without mo
 compares every parameter after every step with float64 (mean over ranks of each rank's gradient of loss / G, zero
 where a rank did not use the parameter), prints expected vs got and exits 1 when they differ (0 when they agree).
 
-    OMP_NUM_THREADS=1 torchrun --nproc_per_node 2 docs/repros/fsdp2-unused-param-mixing.py
+    OMP_NUM_THREADS=1 torchrun --nproc_per_node 2 docs/repros/pytorch-158719.py
     options: --gas G (G-1 micro-batches under accelerator.no_sync, then one that syncs)  --route disjoint|harness|same
              --reduce-unused (model.set_reduce_scatter_unused_params(True): must pass)  --bf16  --steps N
+
+Exit 1 when the bug is present, 0 when absent.
 """
 from __future__ import annotations
 
@@ -152,4 +154,5 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    present = main()
+    sys.exit(1 if present else 0)

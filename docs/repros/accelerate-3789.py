@@ -1,4 +1,4 @@
-"""accelerate: ``Accelerator.clip_grad_norm_`` under FSDP raises for any prepared model but the first one.
+"""accelerate#3789 (closed without a fix; PR #4294 open): ``Accelerator.clip_grad_norm_`` under FSDP raises for any prepared model but the first one.
 
 Upstream only (torch + accelerate; no accumgate). Two models, each prepared with an optimizer of its own (a GAN's
 generator and discriminator, an actor and a critic), under FSDP2. ``clip_grad_norm_(second.parameters(), ...)`` looks
@@ -13,9 +13,11 @@ before ``prepare``), 2 ranks over gloo. The script clips both models after one b
 norm with float64 (the norm of the mean over ranks of each rank's gradient); it prints what happened and exits 1 when
 the call raises or a norm is wrong (0 when both calls return the right norm).
 
-    OMP_NUM_THREADS=1 torchrun --nproc_per_node 2 docs/repros/accelerate-fsdp2-clip-two-models.py
+    OMP_NUM_THREADS=1 torchrun --nproc_per_node 2 docs/repros/accelerate-3789.py
     options: --same-shapes (the second model shaped like the first: the "ambiguous" message)
              --extra-param (the second model gets a third parameter tensor: lists differ in length, no error)
+
+Exit 1 when the bug is present, 0 when absent.
 """
 from __future__ import annotations
 
@@ -122,4 +124,5 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    present = main()
+    sys.exit(1 if present else 0)

@@ -1,9 +1,9 @@
-"""DeepSpeed ZeRO-1/2 + CPU optimizer offload: a parameter unused in a whole window is stepped with its gradient of the
+"""deepspeed (no upstream thread found): ZeRO-1/2 + CPU optimizer offload: a parameter unused in a whole window is stepped with its gradient of the
 LAST window that used it (a stale gradient, applied again).
 
 Upstream only (torch + accelerate + deepspeed; no accumgate). A trunk and two same-shaped heads; micro-batch m goes
 through head_a when m is even and head_b when it is odd, on every rank (no rank disagrees: not the bucket mixing of
-deepspeed-zero-unused-param-mixing.py). With ``offload_optimizer`` the boundary copies each parameter's gradient into
+deepspeed-2343.py). With ``offload_optimizer`` the boundary copies each parameter's gradient into
 the CPU fp32 gradient partition from its gradient hook (``copy_grads_in_partition`` →
 ``async_inplace_copy_grad_to_fp32_buffer_from_gpu``); a parameter whose hook never fired in the window keeps its slot
 from the previous step, nothing zeroes it (``reset_cpu_buffers`` clears only the norms), and the optimizer steps it
@@ -15,8 +15,10 @@ Each micro-batch is a boundary (G = 1), SGD without momentum, no clipping, fp32:
 is ``-lr × gradient``; this script compares every parameter after every step, and the engine's global grad norm,
 with float64, prints expected vs got and exits 1 when they differ (0 when they agree). One rank is enough.
 
-    OMP_NUM_THREADS=1 torchrun --nproc_per_node 1 docs/repros/deepspeed-offload-stale-unused-grad.py
+    OMP_NUM_THREADS=1 torchrun --nproc_per_node 1 docs/repros/deepspeed-unfiled-offload-stale-unused-grad.py
     options: --stage 1|2  --no-offload (control: must pass)  --bf16  --steps N  --gas G
+
+Exit 1 when the bug is present, 0 when absent.
 """
 from __future__ import annotations
 
@@ -160,4 +162,5 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    present = main()
+    sys.exit(1 if present else 0)
