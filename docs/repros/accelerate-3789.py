@@ -1,4 +1,5 @@
-"""accelerate#3789 (closed without a fix; PR #4294 open): ``Accelerator.clip_grad_norm_`` under FSDP raises for any prepared model but the first one.
+"""accelerate#3789 (closed without a fix; PR #4294 open): ``Accelerator.clip_grad_norm_`` under FSDP raises for any
+prepared model but the first one.
 
 Upstream only (torch + accelerate; no accumgate). Two models, each prepared with an optimizer of its own (a GAN's
 generator and discriminator, an actor and a critic), under FSDP2. ``clip_grad_norm_(second.parameters(), ...)`` looks

@@ -1,4 +1,5 @@
-"""deepspeed#2343 (and #1186; closed: 'not supported'): ZeRO-1/2: a parameter used on some ranks only is reduced against ANOTHER parameter's gradient.
+"""deepspeed#2343 (and #1186; closed: 'not supported'): ZeRO-1/2: a parameter used on some ranks only is reduced
+against ANOTHER parameter's gradient.
 
 Upstream only (torch + accelerate + deepspeed; no accumgate). A trunk and two same-shaped heads; each micro-batch
 goes through one head, chosen per (rank, micro-batch). When the ranks use different heads in the same backward

@@ -1,4 +1,5 @@
-"""deepspeed (no upstream thread found): ZeRO-1/2 + CPU optimizer offload: a parameter unused in a whole window is stepped with its gradient of the
+"""deepspeed (no upstream thread found): ZeRO-1/2 + CPU optimizer offload: a parameter unused in a whole window is
+stepped with its gradient of the
 LAST window that used it (a stale gradient, applied again).
 
 Upstream only (torch + accelerate + deepspeed; no accumgate). A trunk and two same-shaped heads; micro-batch m goes

@@ -1,4 +1,5 @@
-"""pytorch#158719 (open; the opt-in set_reduce_scatter_unused_params exists): FSDP2 (``fully_shard``): a parameter used on some ranks only is reduce-scattered against ANOTHER parameter's gradient.
+"""pytorch#158719 (open; the opt-in set_reduce_scatter_unused_params exists): FSDP2 (``fully_shard``): a parameter
+used on some ranks only is reduce-scattered against ANOTHER parameter's gradient.
 
 Upstream only (torch + accelerate; no accumgate). A trunk and two same-shaped heads; each micro-batch goes through one
 head, chosen per (rank, micro-batch). FSDP2's post-backward reduce-scatters only the parameters that hold a gradient on
