@@ -14,7 +14,7 @@ from ..results import SEVERITY, write_atomic
 from ..scenario import API_STYLES, BACKENDS
 from . import plots
 from .merge import Merged
-from .views import heatmap, margin_of, ordered, property_grids, verdict_counts
+from .views import heatmap, margin_of, ordered, property_grids, property_totals, verdict_counts
 
 SYMBOL = {"pass": "✔", "fail": "✘", "error": "⚠", "unsupported": "∅", "xfail": "✘ₓ", "xpass": "✔!", "none": "·"}
 MAX_FIGURES = 48
@@ -35,7 +35,7 @@ th{background:#f6f8fa;font-weight:600} td.label{text-align:left;font-family:ui-m
 .pass{background:#dafbe1}.fail{background:#ffd7d5}.error{background:#ffc2e0}.unsupported{background:#ddf4ff}
 .xfail{background:#fff8c5}.xpass{background:#ffb3ae}.none{background:#fafbfc;color:#8c959f}
 .cell b{font-size:16px}.cell small{display:block;color:#57606a;font-size:11px}
-.heat td.cell{min-width:120px;padding:3px 5px}.heat small{font-size:10px}
+.heat td.cell{min-width:120px;padding:3px 5px}.heat small{font-size:10px}.heat tr.total td{border-top:2px solid #57606a}
 .bar{display:flex;height:7px;margin:3px 0 2px;border:1px solid #d0d7de}.bar span{display:block;height:100%}
 .bar .pass{background:#2da44e}.bar .xfail{background:#d4a72c}.bar .fail,.bar .xpass{background:#cf222e}
 .bar .error{background:#bf3989}.bar .unsupported{background:#0969da}
@@ -68,6 +68,10 @@ evidence and how many excused, how many were proven able to fail (synthetic faul
 <small>{{ cell.judged }} judged · {{ cell.excused }} excused</small>
 <small>{{ cell.proven }}{% if cell.margin %} · margin {{ cell.margin }}{% endif %}</small></td>
 {% else %}<td class="none">·</td>{% endif %}{% endfor %}</tr>{% endfor %}
+{% if heat_rows|length > 1 %}<tr class="total"><td class="label" colspan="4">all stacks</td>
+{% for code in heat_codes %}{% set cell = heat_total.cells.get(code) %}<td class="cell {{ cell.worst }}" title="{{ cell.title }}">
+<b>{{ cell.symbol }}</b><small>{{ cell.judged }} judged · {{ cell.excused }} excused</small>
+<small>{{ cell.proven }}{% if cell.margin %} · margin {{ cell.margin }}{% endif %}</small></td>{% endfor %}</tr>{% endif %}
 </table>{% endif %}
 
 {% if "margins" in sections %}<h2 id="margins">Margins: how close each backend and style came to the tolerance</h2>
@@ -214,7 +218,8 @@ def render_markdown(merged: Merged) -> str:
     rows, codes = heatmap(merged.outcomes)
     if rows:
         lines += ["", "## Properties by stack", "",
-                  "A cell: worst verdict, then verdicts judged on evidence / excused by an xfails line.", "",
+                  "A cell: worst verdict, then verdicts judged on evidence / excused by an xfails line; the last row "
+                  "adds how many verdicts were proven able to fail (synthetic faults caught).", "",
                   "| stack | " + " | ".join(codes) + " |", "|---" * (len(codes) + 1) + "|"]
         for row in rows:
             cells = []
@@ -222,6 +227,9 @@ def render_markdown(merged: Merged) -> str:
                 cell = row.cells.get(code)
                 cells.append(f"{SYMBOL[cell.worst]} {cell.judged}/{cell.excused}" if cell else "·")
             lines.append(f"| {row.label} | " + " | ".join(cells) + " |")
+        total = property_totals(rows)
+        lines.append("| **all stacks** | " + " | ".join(
+            f"{total.cells[c].judged}/{total.cells[c].excused} · {total.cells[c].proven_text()}" for c in codes) + " |")
     for label in merged.labels:
         grid = merged.grid(label)
         apis = ordered({a for row in grid.values() for a in row}, API_STYLES)
@@ -277,6 +285,7 @@ def render_html(merged: Merged, sections: tuple[str, ...] = SECTIONS) -> str:
         counts=sorted(counts.items(), key=lambda kv: -kv[1]), warnings=merged.warnings,
         symbols=list(SYMBOL.items())[:-1], symbols_map=SYMBOL, grids=grids,
         heat_rows=[_heat_row(row, heat_codes) for row in heat_rows], heat_codes=heat_codes,
+        heat_total=_heat_row(property_totals(heat_rows), heat_codes),
         margin_figures=margin_figures, margin_left=margin_left, margin_single=margin_single,
         max_margin_figures=MAX_MARGIN_FIGURES, property_grids=[_grid_view(g) for g in property_grids(merged.outcomes)],
         apis=ordered(all_apis, API_STYLES), backends=ordered(all_backends, BACKENDS), cap_keys=cap_keys,

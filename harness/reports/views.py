@@ -129,6 +129,21 @@ def heatmap(outcomes: Iterable[Outcome]) -> tuple[list[HeatRow], list[str]]:
     return ordered_rows, sorted(codes, key=property_order)
 
 
+def property_totals(rows: Iterable[HeatRow]) -> HeatRow:
+    """Every stack together: per property, all its verdicts (the share judged and the share proven over the run)."""
+    total = HeatRow("all stacks", "")
+    for row in rows:
+        for code, cell in row.cells.items():
+            into = total.cells.setdefault(code, HeatCell())
+            into.counts.update(cell.counts)
+            into.faults_declared += cell.faults_declared
+            into.proven += cell.proven
+            into.proof_recorded += cell.proof_recorded
+            if cell.worst_margin is not None:
+                into.worst_margin = max(into.worst_margin or 0.0, cell.worst_margin)
+    return total
+
+
 # ------------------------------------------------------------------------------------- scenario × property grid
 @dataclass
 class ScenarioRow:

@@ -1,0 +1,127 @@
+"""What each scenario costs in a warm world, measured: the durations ``--shard K/N`` balances by, and the full profile's
+cost per scenario from a sample.
+
+One Runner runs the selection in order (every property's runs: the scenario, its accumulate() baseline, upstream,
+splits, probes, follow-ups), exactly as ``accumgate run`` does; a scenario's cost is the wall time of its verdicts minus
+any world start inside it. The first scenario of each backend also pays that backend's warm-up (imports, the first
+engine): recorded apart, and the scenario is given its backend's median instead, since every shard pays its own
+warm-ups whatever it holds.
+
+    python benchmarks/shard_durations.py --profile ci --report-dir /tmp/ci-whole --write     # harness/shard_durations.json
+    python benchmarks/shard_durations.py --profile full --sample 120 --seed 1 --out benchmarks/results/full_sample.json
+
+The unsharded results (``--report-dir``) are the baseline benchmarks/shards.py compares the shards with.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from harness.results import write_all, write_atomic  # noqa: E402
+from harness.runner import Runner  # noqa: E402
+from harness.scenario import profile  # noqa: E402
+from harness.selection import chosen_backends  # noqa: E402
+from harness.shards import DURATIONS_FILE, durations_from, load_durations  # noqa: E402
+from harness.xfails import load  # noqa: E402
+
+EXPLORE_SPEED = REPO / "benchmarks" / "results" / "explore_speed.json"
+
+
+def program_seconds() -> dict[str, float]:
+    """Seconds per generated program per backend, from the explorer's own measurement."""
+    rows = json.loads(EXPLORE_SPEED.read_text())["rows"]
+    return {row["backend"]: row["seconds"] / row["programs"] for row in rows if row.get("programs")}
+
+
+def measure(chosen: list, xfails: str | None, report_dir: Path | None) -> dict:
+    runner = Runner("reference", xfails=load(xfails) if xfails else [])
+    started = time.perf_counter()
+    costs, order, warmups, outcomes = {}, [], {}, []
+    seen_backends: set[str] = set()
+    for scenario in chosen:
+        starts, t = runner.pool.start_seconds(), time.perf_counter()
+        outcome = runner.outcome(scenario)
+        spent = time.perf_counter() - t - (runner.pool.start_seconds() - starts)
+        outcomes.append(outcome)
+        order.append(scenario)
+        costs[scenario] = spent
+        if scenario.backend not in seen_backends:
+            seen_backends.add(scenario.backend)
+            warmups[scenario.backend] = scenario
+    wall = time.perf_counter() - started
+    world_starts = runner.pool.start_seconds()
+    warnings = runner.pool.close()
+    by_backend: dict[str, list[float]] = {}
+    for scenario, spent in costs.items():
+        if warmups.get(scenario.backend) is not scenario:
+            by_backend.setdefault(scenario.backend, []).append(spent)
+    warmup_seconds = {}
+    for backend, first in warmups.items():
+        median = statistics.median(by_backend[backend]) if by_backend.get(backend) else costs[first]
+        warmup_seconds[backend] = costs[first] - median
+        costs[first] = median
+    if report_dir is not None:
+        from harness.results import RunResults, environment
+
+        write_all(RunResults(target="reference", outcomes=outcomes, environment=environment("reference"),
+                             selection={"profile": "measured", "xfails": xfails}, wall_seconds=wall, warnings=warnings),
+                  report_dir)
+    values = list(costs.values())
+    return {"costs": costs, "wall_seconds": wall, "world_start_seconds": world_starts, "warmup_seconds": warmup_seconds,
+            "scenarios": len(values), "verdicts": sum(len(o.properties) for o in outcomes),
+            "mean_seconds": statistics.fmean(values), "median_seconds": statistics.median(values),
+            "per_backend_mean": {b: statistics.fmean(v) for b, v in sorted(by_backend.items())},
+            "timings": runner.timings}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", default="ci")
+    parser.add_argument("--backends", default=None)
+    parser.add_argument("--sample", type=int, default=None, help="a seeded random sample of this many scenarios")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--xfails", default=str(REPO / "conformance" / "xfails" / "reference.txt"))
+    parser.add_argument("--report-dir", default=None, help="also write the run's results.json here")
+    parser.add_argument("--write", action="store_true", help=f"write the durations to {DURATIONS_FILE.relative_to(REPO)}")
+    parser.add_argument("--out", default=None, help="write the measurement summary (JSON) here")
+    args = parser.parse_args()
+    chosen = profile(args.profile, chosen_backends(args.backends))
+    population = len(chosen)
+    if args.sample:
+        chosen = random.Random(args.seed).sample(chosen, min(args.sample, len(chosen)))
+    measured = measure(chosen, args.xfails, Path(args.report_dir) if args.report_dir else None)
+    committed = load_durations()
+    estimates = [committed.seconds(s) for s in measured["costs"]]
+    summary = {
+        "what": f"{args.profile} profile" + (f", random sample of {len(chosen)} (seed {args.seed})" if args.sample else ""),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "load_average": os.getloadavg()},
+        "population": population, **{k: v for k, v in measured.items() if k != "costs"},
+        "estimated_from_committed_durations_seconds": sum(estimates),
+        "measured_seconds": sum(measured["costs"].values()),
+        "extrapolated_population_seconds": measured["mean_seconds"] * population,
+    }
+    print(json.dumps(summary, indent=1))
+    if args.write:
+        durations = durations_from(measured["costs"], program_seconds(),
+                                   f"benchmarks/shard_durations.py --profile {args.profile}: {len(chosen)} scenarios, "
+                                   f"one warm world, {time.strftime('%Y-%m-%d')}")
+        write_atomic(DURATIONS_FILE, json.dumps(durations.to_json(), indent=0) + "\n")
+    if args.out:
+        per = [{"scenario": s.id, "seconds": round(c, 4), "estimate": round(committed.seconds(s), 4)}
+               for s, c in measured["costs"].items()]
+        write_atomic(Path(args.out), json.dumps({**summary, "per_scenario": per}, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
