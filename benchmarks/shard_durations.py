@@ -10,6 +10,9 @@ warm-ups whatever it holds.
     python benchmarks/shard_durations.py --profile ci --report-dir /tmp/ci-whole --write     # harness/shard_durations.json
     python benchmarks/shard_durations.py --profile full --sample 120 --seed 1 --out benchmarks/results/full_sample.json
 
+On a busy 2-core machine a long profile can be measured in contiguous chunks, one process each (``--chunk 1/2 --out
+a.json``, ``--chunk 2/2 --out b.json``), then combined: ``--combine a.json b.json --write``.
+
 The unsharded results (``--report-dir``) are the baseline benchmarks/shards.py compares the shards with.
 """
 from __future__ import annotations
@@ -94,16 +97,26 @@ def main() -> int:
     parser.add_argument("--report-dir", default=None, help="also write the run's results.json here")
     parser.add_argument("--write", action="store_true", help=f"write the durations to {DURATIONS_FILE.relative_to(REPO)}")
     parser.add_argument("--out", default=None, help="write the measurement summary (JSON) here")
+    parser.add_argument("--chunk", default=None, metavar="I/N", help="only the I-th of N contiguous chunks of the selection")
+    parser.add_argument("--combine", nargs="+", default=None, metavar="JSON",
+                        help="run nothing: combine the per-scenario costs of these --out files (with --write)")
     args = parser.parse_args()
     chosen = profile(args.profile, chosen_backends(args.backends))
     population = len(chosen)
+    if args.combine:
+        return combine(args.combine, chosen, args.write, args.profile)
     if args.sample:
         chosen = random.Random(args.seed).sample(chosen, min(args.sample, len(chosen)))
+    if args.chunk:
+        index, count = (int(x) for x in args.chunk.split("/"))
+        size = -(-len(chosen) // count)
+        chosen = chosen[(index - 1) * size:index * size]
     measured = measure(chosen, args.xfails, Path(args.report_dir) if args.report_dir else None)
     committed = load_durations()
     estimates = [committed.seconds(s) for s in measured["costs"]]
     summary = {
-        "what": f"{args.profile} profile" + (f", random sample of {len(chosen)} (seed {args.seed})" if args.sample else ""),
+        "what": f"{args.profile} profile" + (f", random sample of {len(chosen)} (seed {args.seed})" if args.sample else "")
+                + (f", chunk {args.chunk}" if args.chunk else ""),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "load_average": os.getloadavg()},
         "population": population, **{k: v for k, v in measured.items() if k != "costs"},
         "estimated_from_committed_durations_seconds": sum(estimates),
@@ -121,6 +134,24 @@ def main() -> int:
                for s, c in measured["costs"].items()]
         write_atomic(Path(args.out), json.dumps({**summary, "per_scenario": per}, indent=1) + "\n")
     return 0
+
+
+def combine(files: list[str], chosen: list, write: bool, profile_name: str) -> int:
+    """The durations file from the per-scenario costs of several chunk runs (each scenario measured once)."""
+    by_id = {s.id: s for s in chosen}
+    costs, sources = {}, []
+    for file in files:
+        data = json.loads(Path(file).read_text())
+        sources.append(f"{data['what']} ({data['wall_seconds']:.0f} s, load {data['machine']['load_average'][0]:.1f})")
+        for row in data["per_scenario"]:
+            costs[by_id[row["scenario"]]] = row["seconds"]
+    missing = [s.id for s in chosen if s not in costs]
+    print(f"{len(costs)} scenarios measured, {len(missing)} of the {profile_name} profile missing")
+    if write:
+        durations = durations_from(costs, program_seconds(), f"benchmarks/shard_durations.py --profile {profile_name}, "
+                                   f"{time.strftime('%Y-%m-%d')}: " + "; ".join(sources))
+        write_atomic(DURATIONS_FILE, json.dumps(durations.to_json(), indent=0) + "\n")
+    return 1 if missing else 0
 
 
 if __name__ == "__main__":

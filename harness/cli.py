@@ -155,6 +155,14 @@ def _cmd_report(args: argparse.Namespace) -> int:
     except ResultsError as exc:
         raise UsageError(str(exc)) from exc
     written = write_reports(merged, Path(args.out))
+    if args.screenshots:
+        from .reports.browser import BrowserError
+        from .reports.screenshots import write_screenshots
+
+        try:
+            written += write_screenshots(merged, Path(args.screenshots))
+        except BrowserError as exc:
+            raise UsageError(f"--screenshots: {exc}") from exc
     if args.support_matrix:
         from . import replay
         from .reports import support
@@ -344,6 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also write the versions × stages × API styles table and the replay table here")
     report.add_argument("--catalogue", default=None, metavar="TOML",
                         help="known-bug catalogue for the replay table (default: conformance/known_bugs.toml)")
+    report.add_argument("--screenshots", default=None, metavar="DIR",
+                        help="also paint the heatmap, the margin plots and the grid as PNGs here (headless Chromium)")
     report.add_argument("--readme", default=None, metavar="MD",
                         help="with --support-matrix: rewrite the table between the README's support-matrix markers")
     report.set_defaults(func=_cmd_report)

@@ -186,9 +186,9 @@ def test_heatmap_rows_are_stacks_and_cells_say_judged_excused_and_proven() -> No
     assert (zero3.total, zero3.judged, zero3.excused, zero3.worst) == (2, 1, 1, "xfail")
     assert zero3.proven_text() == "proven 1/2" and zero3.worst_margin == 3.0
     assert [o for o, _ in zero3.shares()] == ["pass", "xfail"] and sum(s for _, s in zero3.shares()) == 1.0
-    assert rows[0].cells["P2"].proven_text() == "proof not recorded" and rows[0].cells["P2"].worst_margin is None
+    assert rows[0].cells["P2"].proven_text() == "proof —" and rows[0].cells["P2"].worst_margin is None
     page = render_html(merged, sections=("properties",))
-    assert "1 judged · 1 excused" in page and "proven 1/2 · margin 3" in page and "proof not recorded" in page
+    assert "1 judged · 1 excused" in page and "proven 1/2 · margin 3" in page and "proof —" in page
 
 
 def test_margin_series_take_the_worst_per_location_and_single_points_are_not_drawn() -> None:

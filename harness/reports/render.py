@@ -35,7 +35,7 @@ th{background:#f6f8fa;font-weight:600} td.label{text-align:left;font-family:ui-m
 .pass{background:#dafbe1}.fail{background:#ffd7d5}.error{background:#ffc2e0}.unsupported{background:#ddf4ff}
 .xfail{background:#fff8c5}.xpass{background:#ffb3ae}.none{background:#fafbfc;color:#8c959f}
 .cell b{font-size:16px}.cell small{display:block;color:#57606a;font-size:11px}
-.heat td.cell{min-width:120px;padding:3px 5px}.heat small{font-size:10px}.heat tr.total td{border-top:2px solid #57606a}
+.heat td{font-size:12px;padding:3px 5px}.heat td.cell{min-width:76px}.heat small{font-size:10px}.heat tr.total td{border-top:2px solid #57606a}
 .bar{display:flex;height:7px;margin:3px 0 2px;border:1px solid #d0d7de}.bar span{display:block;height:100%}
 .bar .pass{background:#2da44e}.bar .xfail{background:#d4a72c}.bar .fail,.bar .xpass{background:#cf222e}
 .bar .error{background:#bf3989}.bar .unsupported{background:#0969da}
@@ -56,8 +56,8 @@ img{max-width:100%;border:1px solid #eaeef2;margin:6px 0}
 {% if "properties" in sections %}<h2 id="properties">Properties by stack</h2>
 <p class="note">A row per target · accelerate · deepspeed · stage, a cell per property: the worst verdict, the bar of
 all its verdicts (green pass, yellow excused by an xfails line, red/pink/blue not passing), how many were judged on
-evidence and how many excused, how many were proven able to fail (synthetic faults caught), and the worst margin
-(|Δ| ÷ tolerance).</p>
+evidence and how many excused, how many were proven able to fail (synthetic faults caught, of the verdicts that
+declared any; "proof —": results written before verdicts recorded it), and the worst margin (|Δ| ÷ tolerance).</p>
 <table class="heat"><tr><th>target</th><th>accelerate</th><th>deepspeed</th><th>stage</th>
 {% for code in heat_codes %}<th>{{ code }}</th>{% endfor %}</tr>
 {% for row in heat_rows %}<tr>{% for part in row.parts %}<td class="label">{{ part }}</td>{% endfor %}
@@ -65,12 +65,12 @@ evidence and how many excused, how many were proven able to fail (synthetic faul
 {% if cell %}<td class="cell {{ cell.worst }}" title="{{ cell.title }}"><b>{{ cell.symbol }}</b>
 <div class="bar">{% for outcome, share in cell.shares %}
 <span class="{{ outcome }}" style="width:{{ '%.1f'|format(share * 100) }}%"></span>{% endfor %}</div>
-<small>{{ cell.judged }} judged · {{ cell.excused }} excused</small>
+<small>{{ cell.judged }} judged{% if cell.excused %} · {{ cell.excused }} excused{% endif %}</small>
 <small>{{ cell.proven }}{% if cell.margin %} · margin {{ cell.margin }}{% endif %}</small></td>
 {% else %}<td class="none">·</td>{% endif %}{% endfor %}</tr>{% endfor %}
 {% if heat_rows|length > 1 %}<tr class="total"><td class="label" colspan="4">all stacks</td>
 {% for code in heat_codes %}{% set cell = heat_total.cells.get(code) %}<td class="cell {{ cell.worst }}" title="{{ cell.title }}">
-<b>{{ cell.symbol }}</b><small>{{ cell.judged }} judged · {{ cell.excused }} excused</small>
+<b>{{ cell.symbol }}</b><small>{{ cell.judged }} judged{% if cell.excused %} · {{ cell.excused }} excused{% endif %}</small>
 <small>{{ cell.proven }}{% if cell.margin %} · margin {{ cell.margin }}{% endif %}</small></td>{% endfor %}</tr>{% endif %}
 </table>{% endif %}
 
@@ -89,10 +89,10 @@ tolerance are drawn).</p>{% endif %}
 {% for grid in property_grids %}<h3>{{ grid.env }}</h3>
 <p class="summary">{{ grid.total }} verdicts:
 {% for name, n in grid.counts %}<span class="{{ name }}">{{ n }} {{ name }}</span>{% endfor %}</p>
-{% for b in grid.backends %}<details class="backend"{% if b.open %} open{% endif %}>
+{% for b in grid.backends %}<details class="backend"{% if b.open or unfold %} open{% endif %}>
 <summary><span class="{{ b.worst }}">{{ symbols_map[b.worst] }}</span>
 {{ b.backend }} · {{ b.text }}</summary>
-{% for st in b.styles %}<details class="style"{% if st.open %} open{% endif %}>
+{% for st in b.styles %}<details class="style"{% if st.open or unfold %} open{% endif %}>
 <summary><span class="{{ st.worst }}">{{ symbols_map[st.worst] }}</span>
 {{ st.api }} · {{ st.text }}</summary>
 <table class="grid"><tr><th>scenario</th>{% for code in grid.codes %}<th>{{ code }}</th>{% endfor %}</tr>
@@ -248,7 +248,8 @@ def render_markdown(merged: Merged) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_html(merged: Merged, sections: tuple[str, ...] = SECTIONS) -> str:
+def render_html(merged: Merged, sections: tuple[str, ...] = SECTIONS, unfold: bool = False) -> str:
+    """The page; ``sections`` draws some parts alone, ``unfold`` opens every group of the grid (a screenshot of it)."""
     unknown = [s for s in sections if s not in SECTIONS]
     if unknown:
         raise ValueError(f"sections {unknown}: expected some of {', '.join(SECTIONS)}")
@@ -291,7 +292,7 @@ def render_html(merged: Merged, sections: tuple[str, ...] = SECTIONS) -> str:
         apis=ordered(all_apis, API_STYLES), backends=ordered(all_backends, BACKENDS), cap_keys=cap_keys,
         figures=figures, figures_left=len(figure_groups) - examined, max_figures=MAX_FIGURES,
         curves_overlaid=overlaid, overlay=f"{plots.OVERLAY:g}", scenarios=scenarios, margin_text=margin_text,
-        sections=sections)
+        sections=sections, unfold=unfold)
 
 
 def _heat_row(row, codes: list[str]) -> dict:

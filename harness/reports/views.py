@@ -97,7 +97,7 @@ class HeatCell:
 
     def proven_text(self) -> str:
         if not self.proof_recorded:
-            return "proof not recorded"
+            return "proof —"
         if not self.faults_declared:
             return "no faults declared"
         return f"proven {self.proven}/{self.faults_declared}"
