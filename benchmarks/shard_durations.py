@@ -3,9 +3,9 @@ cost per scenario from a sample.
 
 One Runner runs the selection in order (every property's runs: the scenario, its accumulate() baseline, upstream,
 splits, probes, follow-ups), exactly as ``accumgate run`` does; a scenario's cost is the wall time of its verdicts minus
-any world start inside it. The first scenario of each backend also pays that backend's warm-up (imports, the first
-engine): recorded apart, and the scenario is given its backend's median instead, since every shard pays its own
-warm-ups whatever it holds.
+any world start inside it. Before it, a throw-away Runner in the same worlds warms every backend and world size the
+selection uses, and the GPT-2 oracle (imports, DeepSpeed's first engine, transformers): every shard pays its own
+warm-ups whatever it holds, so no scenario is charged with them. Run it as tox runs the suite (OMP_NUM_THREADS=1).
 
     python benchmarks/shard_durations.py --profile ci --report-dir /tmp/ci-whole --write     # harness/shard_durations.json
     python benchmarks/shard_durations.py --profile full --sample 120 --seed 1 --out benchmarks/results/full_sample.json
@@ -46,33 +46,49 @@ def program_seconds() -> dict[str, float]:
     return {row["backend"]: row["seconds"] / row["programs"] for row in rows if row.get("programs")}
 
 
+def warm_up(chosen: list, pool) -> dict[str, float]:
+    """Run, unmeasured, one cheap scenario per (backend, world size) of the selection and one GPT-2 one."""
+    from harness.scenario import Scenario
+
+    seconds = {}
+    warm = Runner("reference", pool=pool)
+    kinds = sorted({(s.backend, s.world_size) for s in chosen})
+    picks = []
+    for backend, size in kinds:
+        try:
+            picks.append(Scenario(backend, "auto", "uni4", world_size=size))
+        except ValueError:  # no auto/uni4 scenario of that kind: its first scenario pays its warm-up
+            continue
+    if any(s.model == "gpt2" for s in chosen):
+        picks.append(Scenario("single", "auto", "uni4", model="gpt2", world_size=1))
+    for scenario in picks:
+        t = time.perf_counter()
+        warm.outcome(scenario)
+        seconds[scenario.id] = time.perf_counter() - t
+    return seconds
+
+
 def measure(chosen: list, xfails: str | None, report_dir: Path | None) -> dict:
     runner = Runner("reference", xfails=load(xfails) if xfails else [])
+    warmups = warm_up(chosen, runner.pool)
     started = time.perf_counter()
-    costs, order, warmups, outcomes = {}, [], {}, []
-    seen_backends: set[str] = set()
+    starts_before = runner.pool.start_seconds()
+    costs, order, outcomes = {}, [], []
     for scenario in chosen:
         starts, t = runner.pool.start_seconds(), time.perf_counter()
         outcome = runner.outcome(scenario)
         spent = time.perf_counter() - t - (runner.pool.start_seconds() - starts)
         outcomes.append(outcome)
         order.append(scenario)
+        if len(order) % 25 == 0:
+            print(f"{len(order)}/{len(chosen)} scenarios, {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
         costs[scenario] = spent
-        if scenario.backend not in seen_backends:
-            seen_backends.add(scenario.backend)
-            warmups[scenario.backend] = scenario
     wall = time.perf_counter() - started
-    world_starts = runner.pool.start_seconds()
+    world_starts = runner.pool.start_seconds() - starts_before  # restarts after an error, if any
     warnings = runner.pool.close()
     by_backend: dict[str, list[float]] = {}
     for scenario, spent in costs.items():
-        if warmups.get(scenario.backend) is not scenario:
-            by_backend.setdefault(scenario.backend, []).append(spent)
-    warmup_seconds = {}
-    for backend, first in warmups.items():
-        median = statistics.median(by_backend[backend]) if by_backend.get(backend) else costs[first]
-        warmup_seconds[backend] = costs[first] - median
-        costs[first] = median
+        by_backend.setdefault(scenario.backend, []).append(spent)
     if report_dir is not None:
         from harness.results import RunResults, environment
 
@@ -80,7 +96,7 @@ def measure(chosen: list, xfails: str | None, report_dir: Path | None) -> dict:
                              selection={"profile": "measured", "xfails": xfails}, wall_seconds=wall, warnings=warnings),
                   report_dir)
     values = list(costs.values())
-    return {"costs": costs, "wall_seconds": wall, "world_start_seconds": world_starts, "warmup_seconds": warmup_seconds,
+    return {"costs": costs, "wall_seconds": wall, "world_start_seconds": world_starts, "warmup_seconds": warmups,
             "scenarios": len(values), "verdicts": sum(len(o.properties) for o in outcomes),
             "mean_seconds": statistics.fmean(values), "median_seconds": statistics.median(values),
             "per_backend_mean": {b: statistics.fmean(v) for b, v in sorted(by_backend.items())},
