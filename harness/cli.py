@@ -228,6 +228,7 @@ def _cmd_explore(args: argparse.Namespace) -> int:
     unknown = [b for b in backends if b not in EXPLORED_BACKENDS]
     if unknown:
         raise UsageError(f"--backends: {', '.join(unknown)}: programs are explored on {', '.join(EXPLORED_BACKENDS)}")
+    asked = list(backends)
     try:
         backends = shard_backends(backends, parse_shard(args.shard))
     except ShardError as exc:
@@ -261,8 +262,8 @@ def _cmd_explore(args: argparse.Namespace) -> int:
     outcomes = [o for e in explored for o in e.outcomes]
     found = [c for e in explored for c in e.counterexamples]
     write_all(RunResults(target=args.target, outcomes=outcomes, environment=environment(args.target),
-                         selection={"explore": backends, "examples": args.examples, "seed": args.seed,
-                                    "shard": args.shard},
+                         selection={"explore": asked, "examples": args.examples, "seed": args.seed,
+                                    "shard": args.shard, "shard_part": backends if args.shard else None},
                          wall_seconds=time.perf_counter() - started), Path(args.report_dir))
     for exploration in explored:
         rate = exploration.examples / exploration.seconds if exploration.seconds else 0.0

@@ -375,3 +375,19 @@ def test_report_can_judge_recorded_outcomes_again_with_a_newer_xfails_file() -> 
     assert errored.outcome == "xfail"
     rejudge(errored, entries, {"deepspeed": "0.19.8"})
     assert errored.outcome == "error"
+
+
+def test_explore_shards_of_one_exploration_merge_as_one(tmp_path: Path) -> None:
+    """Explore shards differ in the backends each explored (``shard_part``), not in what was asked: one set."""
+    from harness.reports.merge import missing_shards
+
+    runs = []
+    for index, part in ((1, ["single", "ds3"]), (2, ["ddp", "ds1"]), (3, ["ds0", "ds2"])):
+        run = _run("reference", "0.19.8", [])
+        run.selection = {"explore": ["single", "ddp", "ds0", "ds1", "ds2", "ds3"], "examples": 150, "seed": None,
+                         "shard": f"{index}/3", "shard_part": part}
+        runs.append((tmp_path / f"{index}" / "results.json", run))
+    assert missing_shards(runs) == []
+    assert missing_shards(runs[:2]) == ["shard 3/3 of reference · accelerate 1.15.0 · deepspeed 0.19.8 (examples 150, "
+                                        "explore ['single', 'ddp', 'ds0', 'ds1', 'ds2', 'ds3']) missing: its verdicts are "
+                                        "not in this report"]

@@ -119,6 +119,10 @@ def merge(paths: Iterable[str | Path], xfails: dict[str, list] | None = None) ->
     return Merged(runs=runs, outcomes=list(by_key.values()), warnings=missing_shards(runs))
 
 
+# Selection keys that differ between the shards of one run: the shard itself, and what an explore shard explored.
+SHARD_KEYS = ("shard", "shard_part")
+
+
 def missing_shards(runs: list[tuple[Path, RunResults]]) -> list[str]:
     """One line per sharded run whose shards are not all here (or disagree on N). Shards belong to one run when target,
     stack and every other selection option agree; pytest-xdist workers of one shard write several files of one shard."""
@@ -129,7 +133,7 @@ def missing_shards(runs: list[tuple[Path, RunResults]]) -> list[str]:
         index, sep, count = shard.partition("/")
         if not sep or not index.isdigit() or not count.isdigit():
             continue
-        rest = {k: v for k, v in run.selection.items() if k != "shard"}
+        rest = {k: v for k, v in run.selection.items() if k not in SHARD_KEYS}
         key = json.dumps([run.target, environment_label(run), rest], sort_keys=True, default=str)
         sets[key][int(count)].add(int(index))
         options = ", ".join(f"{k} {v}" for k, v in sorted(rest.items()) if v not in (None, "", []))
