@@ -2,8 +2,11 @@
 cost per scenario from a sample.
 
 One Runner runs the selection in order (every property's runs: the scenario, its accumulate() baseline, upstream,
-splits, probes, follow-ups), exactly as ``accumgate run`` does; a scenario's cost is the wall time of its verdicts minus
-any world start inside it. Before it, a throw-away Runner in the same worlds warms every backend and world size the
+splits, probes, follow-ups), exactly as ``accumgate run`` does; a scenario's cost is the CPU time its verdicts took in
+the controller and every rank (world starts excluded). CPU time, not wall time: on a machine shared with other work
+the wall time of the same kind of scenario moved 4x with the load (0.49 s vs 2.2 s per scenario in two chunks of the ci
+profile measured 10 minutes apart, load 6 vs 13), which would have weighted scenarios by when they ran; the wall time
+is recorded beside it. Before it, a throw-away Runner in the same worlds warms every backend and world size the
 selection uses, and the GPT-2 oracle (imports, DeepSpeed's first engine, transformers): every shard pays its own
 warm-ups whatever it holds, so no scenario is charged with them. Run it as tox runs the suite (OMP_NUM_THREADS=1).
 
@@ -68,21 +71,37 @@ def warm_up(chosen: list, pool) -> dict[str, float]:
     return seconds
 
 
+def cpu_seconds(pool) -> float:
+    """CPU time of this process and of every live rank process of the pool (utime + stime from /proc)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = time.process_time()
+    for world in pool.worlds.values():
+        for proc in getattr(world, "_procs", []):  # the rank processes (harness/world.py keeps them here)
+            try:
+                fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+                total += (int(fields[11]) + int(fields[12])) / ticks
+            except (OSError, IndexError, ValueError):
+                continue
+    return total
+
+
 def measure(chosen: list, xfails: str | None, report_dir: Path | None) -> dict:
     runner = Runner("reference", xfails=load(xfails) if xfails else [])
     warmups = warm_up(chosen, runner.pool)
     started = time.perf_counter()
     starts_before = runner.pool.start_seconds()
-    costs, order, outcomes = {}, [], []
+    costs, walls, order, outcomes = {}, {}, [], []
     for scenario in chosen:
-        starts, t = runner.pool.start_seconds(), time.perf_counter()
+        starts, t, cpu = runner.pool.start_seconds(), time.perf_counter(), cpu_seconds(runner.pool)
         outcome = runner.outcome(scenario)
-        spent = time.perf_counter() - t - (runner.pool.start_seconds() - starts)
+        restarted = runner.pool.start_seconds() - starts
+        walls[scenario] = time.perf_counter() - t - restarted
+        # A world restarted inside the scenario (after an error) took its old ranks' CPU with it: wall time then.
+        costs[scenario] = cpu_seconds(runner.pool) - cpu if not restarted else walls[scenario]
         outcomes.append(outcome)
         order.append(scenario)
         if len(order) % 25 == 0:
             print(f"{len(order)}/{len(chosen)} scenarios, {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
-        costs[scenario] = spent
     wall = time.perf_counter() - started
     world_starts = runner.pool.start_seconds() - starts_before  # restarts after an error, if any
     warnings = runner.pool.close()
@@ -96,7 +115,8 @@ def measure(chosen: list, xfails: str | None, report_dir: Path | None) -> dict:
                              selection={"profile": "measured", "xfails": xfails}, wall_seconds=wall, warnings=warnings),
                   report_dir)
     values = list(costs.values())
-    return {"costs": costs, "wall_seconds": wall, "world_start_seconds": world_starts, "warmup_seconds": warmups,
+    return {"costs": costs, "walls": walls, "wall_seconds": wall, "world_start_seconds": world_starts,
+            "warmup_seconds": warmups, "cpu_seconds": sum(costs.values()), "scenario_wall_seconds": sum(walls.values()),
             "scenarios": len(values), "verdicts": sum(len(o.properties) for o in outcomes),
             "mean_seconds": statistics.fmean(values), "median_seconds": statistics.median(values),
             "per_backend_mean": {b: statistics.fmean(v) for b, v in sorted(by_backend.items())},
@@ -134,7 +154,7 @@ def main() -> int:
         "what": f"{args.profile} profile" + (f", random sample of {len(chosen)} (seed {args.seed})" if args.sample else "")
                 + (f", chunk {args.chunk}" if args.chunk else ""),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "load_average": os.getloadavg()},
-        "population": population, **{k: v for k, v in measured.items() if k != "costs"},
+        "population": population, **{k: v for k, v in measured.items() if k not in ("costs", "walls")},
         "estimated_from_committed_durations_seconds": sum(estimates),
         "measured_seconds": sum(measured["costs"].values()),
         "extrapolated_population_seconds": measured["mean_seconds"] * population,
@@ -146,8 +166,8 @@ def main() -> int:
                                    f"one warm world, {time.strftime('%Y-%m-%d')}")
         write_atomic(DURATIONS_FILE, json.dumps(durations.to_json(), indent=0) + "\n")
     if args.out:
-        per = [{"scenario": s.id, "seconds": round(c, 4), "estimate": round(committed.seconds(s), 4)}
-               for s, c in measured["costs"].items()]
+        per = [{"scenario": s.id, "seconds": round(c, 4), "wall_seconds": round(measured["walls"][s], 4),
+                "estimate": round(committed.seconds(s), 4)} for s, c in measured["costs"].items()]
         write_atomic(Path(args.out), json.dumps({**summary, "per_scenario": per}, indent=1) + "\n")
     return 0
 

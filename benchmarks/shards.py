@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -37,14 +38,20 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
                           env=dict(os.environ, PYTHONPATH=str(REPO)))
 
 
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_shard(profile_name: str, count: int, shard: int, work: Path) -> int:
-    """One shard end to end, timed from the command's start to its exit (world starts and warm-ups included)."""
+    """One shard end to end, timed from the command's start to its exit (world starts and warm-ups included): wall
+    time, and the CPU time of the command and its ranks (what a shared machine's load does not inflate)."""
     load_before = os.getloadavg()
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), _children_cpu()
     done = _cli("run", "--profile", profile_name, "--shard", f"{shard}/{count}", "--xfails", str(XFAILS),
                 "--report-dir", str(work / f"shard-{shard}"))
-    wall = time.perf_counter() - started
-    record = {"shard": f"{shard}/{count}", "exit": done.returncode, "command_seconds": wall,
+    wall, cpu = time.perf_counter() - started, _children_cpu() - cpu
+    record = {"shard": f"{shard}/{count}", "exit": done.returncode, "command_seconds": wall, "cpu_seconds": cpu,
               "load_average_before": load_before, "load_average_after": os.getloadavg(),
               "last_line": (done.stderr.strip().splitlines() or [""])[-1]}
     write_atomic(work / f"shard-{shard}.timing.json", json.dumps(record, indent=1) + "\n")
@@ -71,6 +78,8 @@ def summarize(profile_name: str, count: int, work: Path, baseline: list[str], ou
     differing = sorted(f"{s} · {c}: {want.get((s, c))} → {got.get((s, c))}" for s, c in set(got) | set(want)
                        if got.get((s, c)) != want.get((s, c)))
     walls = [t["command_seconds"] for t in timings]
+    cpus = [t["cpu_seconds"] for t in timings]
+    cmean = sum(cpus) / count
     runner_walls = [sharded_run.wall_seconds for _, sharded_run in sorted(sharded.runs, key=lambda r: str(r[0]))]
     mean, pmean = sum(walls) / count, sum(predicted) / count
     summary = {
@@ -84,7 +93,9 @@ def summarize(profile_name: str, count: int, work: Path, baseline: list[str], ou
                    "warnings": [line for line in report.stdout.splitlines() if line.startswith("warning")]},
         "gate": {"exit": gate.returncode, "last_line": (gate.stdout.strip().splitlines() or [""])[-1]},
         "shards": timings,
-        "measured_seconds": walls, "runner_wall_seconds": runner_walls,
+        "measured_seconds": walls, "measured_cpu_seconds": cpus, "runner_wall_seconds": runner_walls,
+        "measured_cpu_imbalance": {"max_over_mean": max(cpus) / cmean, "min_over_mean": min(cpus) / cmean,
+                                   "max_deviation_from_mean": max(abs(c - cmean) for c in cpus) / cmean},
         "measured_imbalance": {"max_over_mean": max(walls) / mean, "min_over_mean": min(walls) / mean,
                                "max_deviation_from_mean": max(abs(w - mean) for w in walls) / mean},
         "predicted_seconds": predicted,
