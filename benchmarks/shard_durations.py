@@ -164,12 +164,22 @@ def main() -> int:
         durations = durations_from(measured["costs"], program_seconds(),
                                    f"benchmarks/shard_durations.py --profile {args.profile}: {len(chosen)} scenarios, "
                                    f"one warm world, {time.strftime('%Y-%m-%d')}")
-        write_atomic(DURATIONS_FILE, json.dumps(durations.to_json(), indent=0) + "\n")
+        write_atomic(DURATIONS_FILE, dump(durations))
     if args.out:
         per = [{"scenario": s.id, "seconds": round(c, 4), "wall_seconds": round(measured["walls"][s], 4),
                 "estimate": round(committed.seconds(s), 4)} for s, c in measured["costs"].items()]
         write_atomic(Path(args.out), json.dumps({**summary, "per_scenario": per}, indent=1) + "\n")
     return 0
+
+
+def dump(durations) -> str:
+    """The durations file, one scenario a line (a diff of a re-measurement reads line by line)."""
+    data = durations.to_json()
+    head = {k: v for k, v in data.items() if k != "scenarios"}
+    items = list(data["scenarios"].items())
+    lines = [json.dumps(head)[:-1] + ', "scenarios": {']
+    lines += [f"{json.dumps(i)}: {json.dumps(entry)}" + ("," if n < len(items) - 1 else "") for n, (i, entry) in enumerate(items)]
+    return "\n".join(lines) + "\n}}\n"
 
 
 def combine(files: list[str], chosen: list, write: bool, profile_name: str) -> int:
@@ -184,9 +194,10 @@ def combine(files: list[str], chosen: list, write: bool, profile_name: str) -> i
     missing = [s.id for s in chosen if s not in costs]
     print(f"{len(costs)} scenarios measured, {len(missing)} of the {profile_name} profile missing")
     if write:
-        durations = durations_from(costs, program_seconds(), f"benchmarks/shard_durations.py --profile {profile_name}, "
+        durations = durations_from(costs, program_seconds(), "CPU seconds (controller + ranks), "
+                                   f"benchmarks/shard_durations.py --profile {profile_name}, "
                                    f"{time.strftime('%Y-%m-%d')}: " + "; ".join(sources))
-        write_atomic(DURATIONS_FILE, json.dumps(durations.to_json(), indent=0) + "\n")
+        write_atomic(DURATIONS_FILE, dump(durations))
     return 1 if missing else 0
 
 
