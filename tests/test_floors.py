@@ -9,8 +9,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 FLOORS = {
     0: ["scenario", "programs.program", "programs.styles", "trace", "targets", "xfails", "models", "stack"],
-    1: ["data", "compare", "programs.model", "oracle", "backends", "loops", "metrics", "results", "selection", "shards",
-        "clients", "job"],
+    1: ["data", "compare", "programs.model", "oracle", "backends", "loops", "metrics", "results", "selection",
+        "clients", "job", "shards"],
     2: ["world", "properties", "reports"],
     3: ["runner", "replay"],
     4: ["cli", "pytest_plugin", "worker", "explore", "fsdp_env", "programs.strategies", "programs.repro"],
