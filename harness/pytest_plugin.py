@@ -38,15 +38,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--accumgate-xfails", default=env("ACCUMGATE_XFAILS"), help="known failures file")
     group.addoption("--accumgate-report-dir", default=env("ACCUMGATE_REPORT_DIR"),
                     help="write results.json, junit.xml and summary.md here at session end")
-    group.addoption("--accumgate-timeout", type=float, default=float(env("ACCUMGATE_TIMEOUT", "120")),
-                    help="per-scenario timeout in seconds")
-    group.addoption("--accumgate-programs", type=int, default=int(env("ACCUMGATE_PROGRAMS", "20")),
-                    help="generated programs per backend (derandomized; default 20, the programs env 150)")
     group.addoption("--accumgate-shard", default=env("ACCUMGATE_SHARD"), metavar="K/N",
                     help="run only shard K of N of the profile (the CLI's partition: by scenario, balanced by recorded "
                          "durations; each backend's generated programs on one shard)")
     group.addoption("--accumgate-durations", default=env("ACCUMGATE_DURATIONS"), metavar="JSON",
                     help="balance the shards by this durations file (default: the one shipped with accumgate)")
+    group.addoption("--accumgate-timeout", type=float, default=float(env("ACCUMGATE_TIMEOUT", "120")),
+                    help="per-scenario timeout in seconds")
+    group.addoption("--accumgate-programs", type=int, default=int(env("ACCUMGATE_PROGRAMS", "20")),
+                    help="generated programs per backend (derandomized; default 20, the programs env 150)")
 
 
 def pytest_configure(config: pytest.Config) -> None:
