@@ -27,6 +27,7 @@ OVERLAY = 1e-7
 # Margins of exactly 0 (bit-identical) have no logarithm: drawn at the bottom of the axis, never below this.
 MARGIN_FLOOR = 1e-9
 PANEL_COLUMNS = 4
+MARKERS = ("o", "s", "^", "v", "D", "x", "+", "*", "<", ">")
 
 
 @dataclass
@@ -94,8 +95,8 @@ def _margin_png(code: str, env: str, panels: dict[str, dict[str, list[float]]]) 
     backends = ordered(panels, BACKENDS)
     columns = min(PANEL_COLUMNS, len(backends))
     rows = math.ceil(len(backends) / columns)
-    width, height = 2.6 * columns + 0.7, 2.1 * rows + 0.9
-    fig, axes = plt.subplots(rows, columns, figsize=(width, height), dpi=80, squeeze=False, sharey=True)
+    width, height = 3.1 * columns + 0.7, 2.3 * rows + 0.9
+    fig, axes = plt.subplots(rows, columns, figsize=(width, height), dpi=90, squeeze=False, sharey=True)
     drawn = [v for styles in panels.values() for values in styles.values() for v in values]
     top = max(10.0, max(drawn) * 3)
     # Zeros (bit-identical) sit on the bottom of the axis: a decade under the smallest non-zero margin.
@@ -106,10 +107,13 @@ def _margin_png(code: str, env: str, panels: dict[str, dict[str, list[float]]]) 
 
     handles = {}
     for ax, backend in zip(axes.flat, backends):
-        for api in ordered(panels[backend], API_STYLES):
+        # Styles often reach the same numbers (the same mathematics): the first drawn is the widest, each with its own
+        # marker, so that a line under another still shows.
+        for index, api in enumerate(ordered(panels[backend], API_STYLES)):
             values = [max(v, bottom) for v in panels[backend][api]]
-            (line,) = ax.plot(range(1, len(values) + 1), values, color=STYLE_COLOURS.get(api, "#7f7f7f"), marker="o",
-                              markersize=2.5, linewidth=1.1, label=api)
+            (line,) = ax.plot(range(1, len(values) + 1), values, color=STYLE_COLOURS.get(api, "#7f7f7f"),
+                              marker=MARKERS[index % len(MARKERS)], markersize=3.5 - 0.25 * min(index, 8),
+                              linewidth=max(0.6, 2.8 - 0.35 * index), alpha=0.9, label=api)
             handles.setdefault(api, line)
         tolerance = ax.axhline(1.0, color="#cf222e", linestyle="--", linewidth=1, label="tolerance")
         ax.set_yscale("log")

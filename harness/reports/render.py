@@ -35,12 +35,14 @@ th{background:#f6f8fa;font-weight:600} td.label{text-align:left;font-family:ui-m
 .pass{background:#dafbe1}.fail{background:#ffd7d5}.error{background:#ffc2e0}.unsupported{background:#ddf4ff}
 .xfail{background:#fff8c5}.xpass{background:#ffb3ae}.none{background:#fafbfc;color:#8c959f}
 .cell b{font-size:16px}.cell small{display:block;color:#57606a;font-size:11px}
-.heat td{font-size:12px;padding:3px 5px}.heat td.cell{min-width:76px}.heat small{font-size:10px}.heat tr.total td{border-top:2px solid #57606a}
+.heat td{font-size:12px;padding:3px 5px}.heat td.cell{min-width:76px}.heat small{font-size:10px}
+.heat tr.total td{border-top:2px solid #57606a}
 .bar{display:flex;height:7px;margin:3px 0 2px;border:1px solid #d0d7de}.bar span{display:block;height:100%}
 .bar .pass{background:#2da44e}.bar .xfail{background:#d4a72c}.bar .fail,.bar .xpass{background:#cf222e}
 .bar .error{background:#bf3989}.bar .unsupported{background:#0969da}
 .grid{table-layout:fixed}.grid td{padding:2px 6px;font-size:12px}.grid td.v small{display:block;font-size:10px;color:#57606a}
-.grid th,.grid td.v,.grid td.none{width:56px;white-space:nowrap}.grid th:first-child,.grid td.label{width:400px;overflow:hidden;text-overflow:ellipsis}
+.grid th,.grid td.v,.grid td.none{width:56px;white-space:nowrap}
+.grid th:first-child,.grid td.label{width:400px;overflow:hidden;text-overflow:ellipsis}
 details{margin:2px 0} summary{cursor:pointer;font-family:ui-monospace,monospace;font-size:12px}
 details.backend>summary{font-size:14px;font-weight:600}details.style{margin-left:18px}
 pre{background:#f6f8fa;padding:8px;overflow-x:auto;font-size:12px;white-space:pre-wrap}
