@@ -93,11 +93,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from .world import WorldStartError
 
     console = Console(stderr=True)
+    selection = {"profile": args.profile, "k": args.k, "world_size": args.world_size, "xfails": args.xfails,
+                 "backends": args.backends, "shard": args.shard}
+    if not scenarios and args.shard:
+        # More shards than this selection fills: an empty shard is a result (the merge counts its shards), not an error.
+        from .results import RunResults, environment
+
+        write_all(RunResults(target=args.target, outcomes=[], environment=environment(args.target), selection=selection),
+                  Path(args.report_dir))
+        console.print(f"shard {args.shard} holds no scenario of this selection · reports in {args.report_dir}")
+        return EXIT_OK
     if not scenarios:
         console.print("no scenario matches the selection")
         return EXIT_USAGE
     runner = Runner(args.target, xfails=args.xfail_entries, job_timeout_s=args.timeout)
-    selection = {"profile": args.profile, "k": args.k, "world_size": args.world_size, "xfails": args.xfails}
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   TextColumn("{task.fields[last]}"), console=console, transient=False) as progress:
         task = progress.add_task(f"accumgate [{args.target}]", total=len(scenarios), last="")
@@ -146,6 +155,14 @@ def _cmd_report(args: argparse.Namespace) -> int:
     except ResultsError as exc:
         raise UsageError(str(exc)) from exc
     written = write_reports(merged, Path(args.out))
+    if args.screenshots:
+        from .reports.browser import BrowserError
+        from .reports.screenshots import write_screenshots
+
+        try:
+            written += write_screenshots(merged, Path(args.screenshots))
+        except BrowserError as exc:
+            raise UsageError(f"--screenshots: {exc}") from exc
     if args.support_matrix:
         from . import replay
         from .reports import support
@@ -158,8 +175,12 @@ def _cmd_report(args: argparse.Namespace) -> int:
             if not support.update_readme(Path(args.readme), merged):
                 raise UsageError(f"--readme {args.readme}: no {support.README_START} … {support.README_END} markers")
             written.append(Path(args.readme))
-    counts = ", ".join(f"{n} {k}" for k, n in merged.counts().most_common())
-    print(f"{len(merged.runs)} result file(s), {len(merged.outcomes)} scenario runs ({counts})")
+    verdicts = merged.verdict_counts()
+    counts = ", ".join(f"{n} {k}" for k, n in verdicts.most_common())
+    print(f"{len(merged.runs)} result file(s), {sum(verdicts.values())} (scenario, property) verdicts of "
+          f"{len(merged.outcomes)} scenarios ({counts})")
+    for warning in merged.warnings:
+        print(f"warning: {warning}")
     for path in written:
         print(f"  wrote {path}")
     return EXIT_OK
@@ -173,10 +194,13 @@ def _cmd_gate(args: argparse.Namespace) -> int:
     from .results import ResultsError, write_atomic
 
     try:
+        current_runs = merge(args.current)
         baseline = merge([args.baseline]).as_results()
-        current = merge(args.current).as_results()
+        current = current_runs.as_results()
     except ResultsError as exc:
         raise UsageError(str(exc)) from exc
+    for warning in current_runs.warnings:  # an incomplete set of shards: its missing verdicts are regressions below
+        print(f"warning: {warning}")
     changes = compare(baseline, current)
     print(explain(changes) if args.explain else table(changes))
     regressions = [c for c in changes if c.regression]
@@ -196,6 +220,7 @@ def _cmd_explore(args: argparse.Namespace) -> int:
     from .explore import default_corpus, explore, save_to_corpus
     from .programs.strategies import EXPLORED_BACKENDS
     from .results import ResultsError, RunResults, check_writable, environment, write_all
+    from .shards import ShardError, parse_shard, shard_backends
     from .targets import TargetError, load_target, target_path
     from .xfails import XfailsError, load
 
@@ -203,6 +228,11 @@ def _cmd_explore(args: argparse.Namespace) -> int:
     unknown = [b for b in backends if b not in EXPLORED_BACKENDS]
     if unknown:
         raise UsageError(f"--backends: {', '.join(unknown)}: programs are explored on {', '.join(EXPLORED_BACKENDS)}")
+    asked = list(backends)
+    try:
+        backends = shard_backends(backends, parse_shard(args.shard))
+    except ShardError as exc:
+        raise UsageError(str(exc)) from exc
     if args.examples < 1:
         raise UsageError(f"--examples {args.examples}: expected a positive number")
     try:
@@ -232,7 +262,8 @@ def _cmd_explore(args: argparse.Namespace) -> int:
     outcomes = [o for e in explored for o in e.outcomes]
     found = [c for e in explored for c in e.counterexamples]
     write_all(RunResults(target=args.target, outcomes=outcomes, environment=environment(args.target),
-                         selection={"explore": backends, "examples": args.examples, "seed": args.seed},
+                         selection={"explore": asked, "examples": args.examples, "seed": args.seed,
+                                    "shard": args.shard, "shard_part": backends if args.shard else None},
                          wall_seconds=time.perf_counter() - started), Path(args.report_dir))
     for exploration in explored:
         rate = exploration.examples / exploration.seconds if exploration.seconds else 0.0
@@ -322,6 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also write the versions × stages × API styles table and the replay table here")
     report.add_argument("--catalogue", default=None, metavar="TOML",
                         help="known-bug catalogue for the replay table (default: conformance/known_bugs.toml)")
+    report.add_argument("--screenshots", default=None, metavar="DIR",
+                        help="also paint the heatmap, the margin plots and the grid as PNGs here (headless Chromium)")
     report.add_argument("--readme", default=None, metavar="MD",
                         help="with --support-matrix: rewrite the table between the README's support-matrix markers")
     report.set_defaults(func=_cmd_report)
@@ -355,6 +388,9 @@ def build_parser() -> argparse.ArgumentParser:
     explore.add_argument("--save-corpus", action="store_true", help="append the counterexamples found to the corpus")
     explore.add_argument("--database", default=None, metavar="DIR", help="Hypothesis example database (default: none)")
     explore.add_argument("--timeout", type=float, default=120.0, metavar="S", help="per-program timeout (default 120 s)")
+    explore.add_argument("--shard", default=None, metavar="K/N",
+                         help="explore only this shard's backends (balanced by measured programs per second); more "
+                              "machines than backends: give each another --seed")
     explore.set_defaults(func=_cmd_explore)
     env = commands.add_parser("env", help="versions and boundary capabilities of the installed stack and the target")
     env.add_argument("--json", action="store_true", help="machine-readable output")

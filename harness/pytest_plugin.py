@@ -5,7 +5,7 @@ and the report written at the end is the runner's, so ``pytest conformance`` and
 selection give the same verdicts.
 
 Options: --accumgate-target, --accumgate-profile, --accumgate-backends, --accumgate-xfails,
---accumgate-report-dir, --accumgate-timeout (environment: ACCUMGATE_TARGET, ACCUMGATE_PROFILE, ...).
+--accumgate-report-dir, --accumgate-timeout, --accumgate-shard (environment: ACCUMGATE_TARGET, ACCUMGATE_PROFILE, ...).
 """
 from __future__ import annotations
 
@@ -38,6 +38,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--accumgate-xfails", default=env("ACCUMGATE_XFAILS"), help="known failures file")
     group.addoption("--accumgate-report-dir", default=env("ACCUMGATE_REPORT_DIR"),
                     help="write results.json, junit.xml and summary.md here at session end")
+    group.addoption("--accumgate-shard", default=env("ACCUMGATE_SHARD"), metavar="K/N",
+                    help="run only shard K of N of the profile (the CLI's partition: by scenario, balanced by recorded "
+                         "durations; each backend's generated programs on one shard)")
+    group.addoption("--accumgate-durations", default=env("ACCUMGATE_DURATIONS"), metavar="JSON",
+                    help="balance the shards by this durations file (default: the one shipped with accumgate)")
     group.addoption("--accumgate-timeout", type=float, default=float(env("ACCUMGATE_TIMEOUT", "120")),
                     help="per-scenario timeout in seconds")
     group.addoption("--accumgate-programs", type=int, default=int(env("ACCUMGATE_PROGRAMS", "20")),
@@ -73,16 +78,45 @@ def _profile(config: pytest.Config) -> list[Scenario]:
     if cached is None:
         from .selection import profile_scenarios
 
-        cached = profile_scenarios(config.getoption("accumgate_profile"), tuple(_backends(config)))
+        cached = _shard_of_profile(config, profile_scenarios(config.getoption("accumgate_profile"),
+                                                            tuple(_backends(config))))
         config._accumgate_profile = cached  # type: ignore[attr-defined]
     return cached
+
+
+def _shard_of_profile(config: pytest.Config, scenarios: list[Scenario]) -> list[Scenario]:
+    """``--accumgate-shard K/N``: the CLI's own partition of the profile (selection.sharded), cut before pytest's
+    ``-k`` as the CLI cuts it before its own: ``accumgate run --shard K/N`` and this face run the same scenarios."""
+    from .selection import SelectionError, sharded
+
+    try:
+        return sharded(scenarios, config.getoption("accumgate_shard"), config.getoption("accumgate_durations"))
+    except (SelectionError, ValueError) as exc:
+        raise pytest.UsageError(str(exc)) from exc
+
+
+def _program_backends_of_shard(config: pytest.Config, backends: list[str]) -> list[str]:
+    """Each backend's generated programs run whole on one shard, balanced by measured seconds per program; with more
+    shards than backends, some shards run no programs."""
+    from .shards import balance, load_durations, parse_shard
+
+    try:
+        shard = parse_shard(config.getoption("accumgate_shard"))
+        durations = load_durations(config.getoption("accumgate_durations")) if shard else None
+    except ValueError as exc:
+        raise pytest.UsageError(str(exc)) from exc
+    if shard is None:
+        return backends
+    placed = balance({b: durations.program_seconds(b) for b in backends}, shard.count)
+    return [b for b in backends if placed[b] == shard.index]
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "program_backend" in metafunc.fixturenames:
         from .programs.strategies import EXPLORED_BACKENDS
 
-        chosen = [b for b in EXPLORED_BACKENDS if b in set(_backends(metafunc.config))]
+        chosen = _program_backends_of_shard(metafunc.config, [b for b in EXPLORED_BACKENDS
+                                                             if b in set(_backends(metafunc.config))])
         if metafunc.config.getoption("accumgate_programs") < 1:
             chosen = []
         metafunc.parametrize("program_backend", [pytest.param(b, marks=[pytest.mark.world, getattr(pytest.mark, b)])
@@ -175,7 +209,8 @@ def accumgate_runner(request: pytest.FixtureRequest):
         write_all(RunResults(target=target, outcomes=outcomes, environment=environment(target), warnings=warnings,
                              wall_seconds=time.perf_counter() - started,
                              selection={"profile": config.getoption("accumgate_profile"),
-                                        "backends": config.getoption("accumgate_backends"), "runner": "pytest"}),
+                                        "backends": config.getoption("accumgate_backends"), "runner": "pytest",
+                                        "shard": config.getoption("accumgate_shard")}),
                   directory)
 
 

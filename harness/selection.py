@@ -1,5 +1,7 @@
-"""Which scenarios a run means: a profile generated for the chosen backends, narrowed by ``-k`` and world size. One
-place, so that the CLI, the pytest plugin and the external-launcher worker select exactly the same scenarios."""
+"""Which scenarios a run means: a profile generated for the chosen backends, cut to one shard (``--shard K/N``), narrowed
+by ``-k`` and world size. One place, so that the CLI, the pytest plugin and the external-launcher worker select exactly
+the same scenarios. The shard is cut from the profile before ``-k``, as the pytest face cuts it before pytest's own
+``-k``: a scenario's shard never depends on the expression."""
 from __future__ import annotations
 
 import argparse
@@ -68,18 +70,31 @@ def sampled_programs(backends: tuple[str, ...], per_backend: int) -> list[Scenar
 
 
 def scenarios(profile_name: str, backends: str | None = None, k: str | None = None,
-              world_size: int | None = None) -> list[Scenario]:
+              world_size: int | None = None, shard: str | None = None, durations: str | None = None) -> list[Scenario]:
     try:
         chosen = chosen_backends(backends)
     except SelectionError as exc:
         raise SelectionError(f"--backends: {exc}") from exc
     try:
-        found = select(profile_scenarios(profile_name, chosen), k)
-    except ValueError as exc:
+        found = select(sharded(profile_scenarios(profile_name, chosen), shard, durations), k)
+    except ValueError as exc:  # a bad --profile, --shard or --durations
         raise SelectionError(str(exc)) from exc
     except Exception as exc:  # pytest's ParseError for a bad -k expression
         raise SelectionError(f"-k {k!r}: {exc}") from exc
     return [s for s in found if world_size is None or s.world_size == world_size]
+
+
+def sharded(found: list[Scenario], shard: str | None, durations: str | None = None) -> list[Scenario]:
+    """The scenarios of shard ``K/N`` of ``found`` (all of them without ``--shard``), balanced by the committed
+    durations or the file ``durations`` names."""
+    from .shards import load_durations, parse_shard, select_shard
+
+    chosen = parse_shard(shard)
+    if chosen is None:
+        if durations:
+            raise SelectionError(f"--durations {durations!r}: only balances shards; give --shard K/N too")
+        return found
+    return select_shard(found, chosen, load_durations(durations))
 
 
 def add_arguments(parser: argparse.ArgumentParser, default_profile: str = "quick") -> None:
@@ -89,7 +104,17 @@ def add_arguments(parser: argparse.ArgumentParser, default_profile: str = "quick
     parser.add_argument("--world-size", type=int, choices=(1, 2), default=None, help="only scenarios of this world size")
     parser.add_argument("--backends", default=None, metavar="B1,B2",
                         help="generate the profile for these backends alone (pairwise within them), e.g. ds3,ds3off")
+    add_shard_arguments(parser)
+
+
+def add_shard_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--shard", default=None, metavar="K/N",
+                        help="run only shard K of N (a stable partition by scenario, balanced by recorded durations); "
+                             "merge the N result directories with `accumgate report` / `accumgate gate`")
+    parser.add_argument("--durations", default=None, metavar="JSON",
+                        help="balance the shards by this durations file (default: the one shipped with accumgate)")
 
 
 def from_arguments(args: argparse.Namespace) -> list[Scenario]:
-    return scenarios(args.profile, getattr(args, "backends", None), args.k, getattr(args, "world_size", None))
+    return scenarios(args.profile, getattr(args, "backends", None), args.k, getattr(args, "world_size", None),
+                     getattr(args, "shard", None), getattr(args, "durations", None))

@@ -36,9 +36,32 @@ def load_target(spec: str) -> Any:
     except ImportError as exc:
         raise TargetError(f"--target {spec!r}: cannot import {module_name!r} ({exc})") from exc
     try:
-        return getattr(module, attribute)
+        found = getattr(module, attribute)
     except AttributeError as exc:
         raise TargetError(f"--target {spec!r}: module {module_name!r} has no attribute {attribute!r}") from exc
+    problem = not_an_accelerator_class(found)
+    if problem:
+        raise TargetError(f"--target {spec!r}: found {problem}; expected a class deriving from accelerate.Accelerator "
+                          f"(e.g. {BUILTIN_TARGETS['reference']})")
+    return found
+
+
+def not_an_accelerator_class(found: Any) -> str | None:
+    """What a target attribute is when it is not an ``Accelerator`` class (None when it is one). Without this a module
+    or a function named by mistake would run every scenario into the same ``error``: one line now, not N verdicts."""
+    import inspect
+
+    if inspect.isclass(found):
+        from accelerate import Accelerator
+
+        if issubclass(found, Accelerator):
+            return None
+        return f"class {found.__module__}.{found.__qualname__}, which does not derive from accelerate.Accelerator"
+    if inspect.ismodule(found):
+        return f"a module ({found.__name__})"
+    if inspect.isroutine(found):
+        return f"a function ({getattr(found, '__module__', '?')}.{getattr(found, '__qualname__', found)})"
+    return f"an instance of {type(found).__module__}.{type(found).__qualname__}, not a class"
 
 
 def target_capabilities(spec: str) -> dict[str, Any]:

@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parent.parent
 FLOORS = {
     0: ["scenario", "programs.program", "programs.clauses", "programs.styles", "trace", "targets", "xfails", "models", "stack"],
     1: ["data", "compare", "programs.model", "programs.strategies", "oracle", "backends", "loops", "metrics", "results",
-        "selection", "clients", "job"],
+        "selection", "clients", "job", "shards"],
     2: ["world", "properties", "reports"],
     3: ["runner", "replay"],
     4: ["cli", "pytest_plugin", "worker", "explore", "fsdp_env", "programs.repro"],

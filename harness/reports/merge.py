@@ -1,9 +1,12 @@
-"""Merge ``results.json`` files from many tox envs, versions and targets into one view.
+"""Merge ``results.json`` files from many tox envs, versions, targets and shards into one view.
 
-A scenario is identified by (stack label, scenario id): the same id on two DeepSpeed versions is two rows.
+A scenario is identified by (stack label, scenario id): the same id on two DeepSpeed versions is two rows. The shards
+of one run (``--shard K/N``) merge into that run; a set of shards with one missing is said in ``warnings`` (its
+verdicts are absent, which the gate counts as regressions), never silently reported as the whole run.
 """
 from __future__ import annotations
 
+import json
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +34,7 @@ def find_results(paths: Iterable[str | Path]) -> list[Path]:
 
 @dataclass
 class Cell:
-    counts: Counter = field(default_factory=Counter)
+    counts: Counter = field(default_factory=Counter)  # (scenario, property) verdicts by outcome
     scenarios: list[Outcome] = field(default_factory=list)
 
     @property
@@ -43,6 +46,7 @@ class Cell:
 class Merged:
     runs: list[tuple[Path, RunResults]]
     outcomes: list[Outcome]  # each with .env set
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def labels(self) -> list[str]:
@@ -55,12 +59,17 @@ class Merged:
             if label is not None and outcome.env != label:
                 continue
             cell = grid[outcome.axes.get("backend", "?")][outcome.axes.get("api", "?")]
-            cell.counts[outcome.outcome] += 1
+            cell.counts.update(v.outcome for v in outcome.properties.values())
             cell.scenarios.append(outcome)
         return grid
 
     def counts(self) -> Counter:
+        """Scenarios by their worst verdict."""
         return Counter(o.outcome for o in self.outcomes)
+
+    def verdict_counts(self) -> Counter:
+        """(scenario, property) verdicts by outcome: what headlines count."""
+        return Counter(v.outcome for o in self.outcomes for v in o.properties.values())
 
     def as_results(self) -> RunResults:
         """One results file holding everything (what a gate baseline is made of)."""
@@ -107,4 +116,35 @@ def merge(paths: Iterable[str | Path], xfails: dict[str, list] | None = None) ->
             # The same scenario on the same stack twice (two envs ran it): the worst outcome stands.
             if previous is None or SEVERITY[outcome.outcome] > SEVERITY[previous.outcome]:
                 by_key[key] = outcome
-    return Merged(runs=runs, outcomes=list(by_key.values()))
+    return Merged(runs=runs, outcomes=list(by_key.values()), warnings=missing_shards(runs))
+
+
+# Selection keys that differ between the shards of one run: the shard itself, and what an explore shard explored.
+SHARD_KEYS = ("shard", "shard_part")
+
+
+def missing_shards(runs: list[tuple[Path, RunResults]]) -> list[str]:
+    """One line per sharded run whose shards are not all here (or disagree on N). Shards belong to one run when target,
+    stack and every other selection option agree; pytest-xdist workers of one shard write several files of one shard."""
+    sets: dict[str, dict[int, set[int]]] = defaultdict(lambda: defaultdict(set))
+    names: dict[str, str] = {}
+    for _, run in runs:
+        shard = str(run.selection.get("shard") or "")
+        index, sep, count = shard.partition("/")
+        if not sep or not index.isdigit() or not count.isdigit():
+            continue
+        rest = {k: v for k, v in run.selection.items() if k not in SHARD_KEYS}
+        key = json.dumps([run.target, environment_label(run), rest], sort_keys=True, default=str)
+        sets[key][int(count)].add(int(index))
+        options = ", ".join(f"{k} {v}" for k, v in sorted(rest.items()) if v not in (None, "", []))
+        names[key] = f"{environment_label(run)} ({options or 'default selection'})"
+    warnings = []
+    for key, by_count in sorted(sets.items()):
+        if len(by_count) > 1:
+            warnings.append(f"shards of {names[key]} cut into different counts ({', '.join(str(n) for n in sorted(by_count))}): "
+                            "they do not partition one run")
+        for count, seen in sorted(by_count.items()):
+            missing = [f"{k}/{count}" for k in range(1, count + 1) if k not in seen]
+            if missing:
+                warnings.append(f"shard {', '.join(missing)} of {names[key]} missing: its verdicts are not in this report")
+    return warnings
