@@ -265,8 +265,8 @@ class BoundaryAwareAccelerator(Accelerator):
     def _clip_for_step(self, parameters: list[torch.nn.Parameter], bound: float) -> Any:
         """accelerate's ``clip_grad_norm_`` under FSDP finds the model the parameters belong to by comparing parameter
         lists with ``==``: an elementwise DTensor comparison, which raises for every prepared model but the first
-        (two FSDP2 models: "Attempting to broadcast a dimension ...", accelerate 1.15, measured; no upstream thread
-        found). There the reference clips that model's parameters through accelerate's own DTensor-aware clipping
+        (two FSDP2 models: "Attempting to broadcast a dimension ...", accelerate 1.15, measured; accelerate#3789,
+        closed without a fix, PR #4294 open). There the reference clips that model's parameters through accelerate's own DTensor-aware clipping
         (what ``clip_grad_norm_`` would have reached); everywhere else it is ``clip_grad_norm_`` itself."""
         models = getattr(self, "_models", [])
         aware = getattr(self, "_clip_grad_norm_dtensor_aware", None)

@@ -16,7 +16,7 @@ pytestmark = [pytest.mark.world, pytest.mark.harness]
 
 SCENARIOS = [
     # Every micro-batch reduces: micro-batch 0 routes rank 0 to head_a and rank 1 to head_b (mixed without the opt-in);
-    # micro-batch 3 routes both ranks to head_a, so head_b gets zeros there and AdamW decays it (the oracle's part).
+    # micro-batches 2 and 3 route both ranks to head_a, so head_b gets zeros there and AdamW steps it (the oracle's part).
     Scenario("fsdp", "kwarg", "every1", optimizer="adamw", model="twoheads"),
     # The user's own no_sync: every window's union of heads agrees across ranks, but the P8 probe micro-batch routes
     # rank 0 to head_a and rank 1 to head_b at a reducing backward (the anomaly the ci profile showed).

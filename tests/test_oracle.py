@@ -12,7 +12,7 @@ from harness.programs.model import Facts, expect
 from harness.scenario import Scenario
 from harness.trace import StepRecord, Trace
 
-FACTS = {"ds2": Facts("deepspeed", 2, 2), "single": Facts("single", 1), "ddp": Facts("ddp", 2)}
+FACTS = {"ds2": Facts("deepspeed", 2, 2), "single": Facts("single", 1), "ddp": Facts("ddp", 2), "fsdp": Facts("fsdp", 2)}
 
 
 def _expected(scenario: Scenario) -> oracle.OracleTrace:
@@ -99,3 +99,21 @@ def test_teacher_forcing_judges_each_step_from_where_the_run_stood() -> None:
     judged = oracle.teacher_forced(scenario, expectation, skipped)
     gap = max(float((skipped.steps[2].params[n].double() - judged.steps[2].params[n]).abs().max()) for n in initial)
     assert gap > 0.5 * LEARNING_RATES["adamw"], "a missed step must show as about one lr-sized update"
+
+
+def test_a_head_no_rank_used_is_stepped_where_zeros_are_reduced_and_skipped_where_grad_stays_none() -> None:
+    """twoheads, every micro-batch a step: micro-batch 2 routes both ranks to head_a (route_of), so head_b has no
+    gradient on any rank at step 3. DDP leaves its .grad None and AdamW skips it (head_b unchanged); FSDP2, opted in to reduce unused
+    parameters, reduce-scatters zeros and AdamW steps it (decay and momentum move it). Everything else is the same."""
+    ddp, fsdp = (_expected(Scenario(backend, "kwarg", "every1", optimizer="adamw", clip=None, model="twoheads"))
+                 for backend in ("ddp", "fsdp"))
+    for k in range(2):
+        for name, want in ddp.steps[k].params.items():
+            torch.testing.assert_close(fsdp.steps[k].params[name], want, rtol=0, atol=0)
+    before, after_ddp, after_fsdp = ddp.steps[1].params, ddp.steps[2].params, fsdp.steps[2].params
+    for name in before:
+        if name.startswith("head_b."):
+            torch.testing.assert_close(after_ddp[name], before[name], rtol=0, atol=0)
+            assert float((after_fsdp[name] - before[name]).abs().min()) > 1e-4, name
+        else:
+            torch.testing.assert_close(after_fsdp[name], after_ddp[name], rtol=0, atol=0)
