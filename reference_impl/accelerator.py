@@ -266,8 +266,9 @@ class BoundaryAwareAccelerator(Accelerator):
         """accelerate's ``clip_grad_norm_`` under FSDP finds the model the parameters belong to by comparing parameter
         lists with ``==``: an elementwise DTensor comparison, which raises for every prepared model but the first
         (two FSDP2 models: "Attempting to broadcast a dimension ...", accelerate 1.15, measured; accelerate#3789,
-        closed without a fix, PR #4294 open). There the reference clips that model's parameters through accelerate's own DTensor-aware clipping
-        (what ``clip_grad_norm_`` would have reached); everywhere else it is ``clip_grad_norm_`` itself."""
+        closed without a fix, PR #4294 open). There the reference clips that model's parameters through accelerate's
+        own DTensor-aware clipping (what ``clip_grad_norm_`` would have reached); everywhere else it is
+        ``clip_grad_norm_`` itself."""
         models = getattr(self, "_models", [])
         aware = getattr(self, "_clip_grad_norm_dtensor_aware", None)
         if (self.distributed_type == DistributedType.FSDP and getattr(self, "is_fsdp2", False) and len(models) > 1
