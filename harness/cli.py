@@ -113,7 +113,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
                     progress.console.print(f"[{vstyle}]{verdict.outcome.upper():<11}[/] {outcome.scenario} · {verdict.name}")
                     first = verdict.first_line()
                     if first:
-                        progress.console.print(f"            {first[:400]}")
+                        progress.console.print(f"            {first[:400]}", markup=False, highlight=False)
             progress.update(task, advance=1, last=f"[{style}]{outcome.outcome}[/] {outcome.scenario}")
 
         try:
@@ -189,7 +189,7 @@ def _support_pages(args: argparse.Namespace, merged) -> list[Path]:
 
 
 def _cmd_gate(args: argparse.Namespace) -> int:
-    from .reports.gate import compare, explain, margin_coverage, slim, table
+    from .reports.gate import compare, coverage, explain, margin_coverage, slim, table
     from .reports.merge import merge
     from .results import ResultsError, write_atomic
 
@@ -203,6 +203,7 @@ def _cmd_gate(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from exc
     changes = compare(baseline, current)
     print(explain(changes) if args.explain else table(changes))
+    print(coverage(baseline, current))
     print(margin_coverage(baseline, current).line())
     regressions = [c for c in changes if c.regression]
     if args.update_baseline:
@@ -270,12 +271,13 @@ def _cmd_explore(args: argparse.Namespace) -> int:
                       f"(--no-known-bugs judges them), e.g. {programs[0]}")
     for counterexample in found:
         console.print(f"\n[bold red]COUNTEREXAMPLE[/] {counterexample.scenario.id}")
-        console.print(counterexample.outcome.program or "")
-        console.print(f"first disagreement: {counterexample.first_disagreement}")
+        # markup off: a deviation names tensors in brackets (grad[fc1.bias]), which rich would take for tags
+        console.print(counterexample.outcome.program or "", markup=False, highlight=False)
+        console.print(f"first disagreement: {counterexample.first_disagreement}", markup=False, highlight=False)
         if counterexample.repro:
-            console.print(f"repro: {counterexample.repro}")
+            console.print(f"repro: {counterexample.repro}", markup=False)
         elif counterexample.no_repro:
-            console.print(f"no standalone repro: {counterexample.no_repro}")
+            console.print(f"no standalone repro: {counterexample.no_repro}", markup=False)
     if found and corpus is not None and args.save_corpus:
         save_to_corpus(corpus, found, args.target)
         console.print(f"saved {len(found)} counterexample(s) to {corpus}")

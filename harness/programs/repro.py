@@ -256,7 +256,19 @@ def micro_batch(rank, index, size={micro_batch_size}):
 {helpers}
 
 
+def without_shm_op():
+    """DeepSpeed JIT-builds a shared-memory op when its communication starts (30-130 s on CPU) that only inference
+    uses; training never calls it, so it is not built (nothing else changes)."""
+    try:
+        import importlib
+
+        importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
+    except Exception:
+        pass
+
+
 def build():
+    without_shm_op()
     {partial_state}
     {accelerator}
     with torch.random.fork_rng(devices=[]):

@@ -182,6 +182,20 @@ def compare(baseline: RunResults, current: RunResults) -> list[Change]:
     return changes
 
 
+def coverage(baseline: RunResults, current: RunResults) -> str:
+    """How much of the current run the baseline covers: a verdict it lacks is judged only as pass or not (a new
+    scenario that does not pass fails the gate), never compared; said, not left silent."""
+    before = {(_stack(o), o.scenario): o for o in baseline.outcomes}
+    total = new = 0
+    for outcome in current.outcomes:
+        old = before.get((_stack(outcome), outcome.scenario))
+        for code in outcome.properties:
+            total += 1
+            new += old is None or code not in old.properties
+    return (f"compared {total - new} of {total} verdicts with the baseline"
+            + (f"; {new} not in it (new: they fail the gate only if they do not pass)" if new else ""))
+
+
 def margin_coverage(baseline: RunResults, current: RunResults) -> MarginCoverage:
     before = {(_stack(o), o.scenario): o for o in baseline.outcomes}
     compared = missing_before = missing_now = 0
