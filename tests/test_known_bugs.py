@@ -128,3 +128,25 @@ def test_the_known_bugs_page_lists_each_entry_with_its_lines_replay_and_repro() 
     assert "(https://github.com/deepspeedai/DeepSpeed/issues/5104)" in page and "**status**: open" in section
     assert "`P2:param,P5:param`" in section and "reproduced (2026-12-06)" in section
     assert "docs/known-bugs/repros/deepspeed-5104.py" in section
+
+
+@pytest.mark.world
+def test_under_the_5104_line_a_gradient_bug_still_fails() -> None:
+    """The scenario deepspeed#5104 touches, judged with the shipped lines: the reference's verdict is xfail (its
+    parameters only); a mutant that scales the loss by 1/G once more deviates in losses' gradients too, and the same
+    line no longer excuses it: fail, naming the line, the gradient deviation shown first."""
+    from harness.runner import Runner, WorldPool
+    from harness.scenario import Scenario
+
+    scenario = Scenario("ds0", "kwarg", "uni4", optimizer="adamw", precision="bf16")
+    lines, _ = xfails.for_run("reference")
+    pool = WorldPool()
+    try:
+        reference = Runner("reference", xfails=lines, pool=pool).verdict(scenario, "P2")
+        mutant = Runner("tests.mutants.double_scale:Accelerator", xfails=lines, pool=pool).verdict(scenario, "P2")
+    finally:
+        pool.close()
+    assert reference.outcome == "xfail" and set(k.split("@")[0] for k in reference.signature) == {"param"}
+    assert mutant.outcome == "fail" and "grad" in {k.split("@")[0] for k in mutant.signature}
+    assert mutant.known.startswith("known failure changed") and "deepspeed#5104" in mutant.known
+    assert xfails.quantity(mutant.deviations[0]["tensor"]) != "param"

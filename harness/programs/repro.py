@@ -134,7 +134,7 @@ def check_of(runner: Any, scenario: Scenario, code: str) -> dict[str, Any]:
     if not verdict.deviations:
         if verdict.raw != "error" or (verdict.reason or "").startswith("needed "):
             raise NoRepro(f"{prop.name}: {verdict.outcome} ({verdict.reason}): no deviation of the program's own run")
-        return base | {"kind": "error", "printed": f"{prop.name}: error: {verdict.reason}"}
+        return base | {"kind": "error", "rank": 0, "printed": f"{prop.name}: error: {verdict.reason}"}
     first = verdict.deviations[0]
     where, tensor, message = first["where"], first["tensor"], first["message"]
     detail = message.split("\n  ", 1)[1] if "\n  " in message else ""
@@ -419,6 +419,8 @@ def verdict(run, raised, rank, world_size):
     """The first deviation as accumgate prints it, found again on this run (None: as expected)."""
     kind = CHECK["kind"]
     header = f"{{CHECK['scenario']}} · {{CHECK['property']}} · {{CHECK.get('where')}} · {{CHECK.get('tensor')}}"
+    if kind in ("error", "probe") and rank != CHECK["rank"]:
+        return None  # every rank runs the same program: the rank accumgate quoted speaks for them
     if kind == "error":
         return None if raised is None else f"{{CHECK['property']}}: error: {{raised}}"
     if kind == "probe":
