@@ -227,7 +227,8 @@ def check(runner, scenario: Scenario, code: str) -> None:
     shown = "\n".join(d["message"] for d in verdict.deviations)
     more = f"\n… and {verdict.deviation_count - len(verdict.deviations)} more" \
         if verdict.deviation_count > len(verdict.deviations) else ""
-    pytest.fail(f"{verdict.deviation_count} deviation(s):\n{shown}{more}", pytrace=False)
+    known = f"\n{verdict.known}" if verdict.known else ""  # a known bug's line that no longer covers the failure
+    pytest.fail(f"{verdict.deviation_count} deviation(s):\n{shown}{more}{known}", pytrace=False)
 
 
 def _subject(scenario: Scenario):
