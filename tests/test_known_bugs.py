@@ -125,7 +125,7 @@ def test_the_known_bugs_page_lists_each_entry_with_its_lines_replay_and_repro() 
     page = support.known_bugs_page(bugs, lines, rows, today="2026-12-06")
     section = page[page.index("## [deepspeed#5104]"):]
     section = section[:section.index("\n## ")]
-    assert "(https://github.com/deepspeedai/DeepSpeed/issues/5104)" in page and "**status**: open" in section
+    assert "(https://github.com/deepspeedai/DeepSpeed/issues/5104)" in page and "**status**: **open, live**" in section
     assert "`P2:param,P5:param`" in section and "reproduced (2026-12-06)" in section
     assert "docs/known-bugs/repros/deepspeed-5104.py" in section
 
@@ -150,3 +150,16 @@ def test_under_the_5104_line_a_gradient_bug_still_fails() -> None:
     assert mutant.outcome == "fail" and "grad" in {k.split("@")[0] for k in mutant.signature}
     assert mutant.known.startswith("known failure changed") and "deepspeed#5104" in mutant.known
     assert xfails.quantity(mutant.deviations[0]["tensor"]) != "param"
+
+
+def test_the_explorer_names_the_known_bug_a_program_showed() -> None:
+    """A program whose verdict a known bug's line excused is reported as that bug, not silently dropped."""
+    from harness.explore import known_bugs_seen
+    from harness.results import Outcome, Verdict
+
+    lines = xfails.parse("ds0-program-*-adamw-bf16-*  P5:param  [*; nonstrict]  deepspeed#5104: 38 of 39 programs\n")
+    shown = Outcome("ds0-program-g1-adamw-bf16-clip1-w2-865955e1df", "xfail",
+                    properties={"P5": Verdict("P5", "P5 dynamic", "xfail", raw="fail", signature={"param@1": 4})})
+    spared = Outcome("ds0-program-g1-adamw-bf16-clip1-w2-0000000000", "pass",
+                     properties={"P5": Verdict("P5", "P5 dynamic", "pass", raw="pass")})
+    assert known_bugs_seen([shown, spared], lines) == {"deepspeed#5104": [shown.scenario]}

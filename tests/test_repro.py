@@ -97,6 +97,7 @@ def test_the_repro_exits_1_with_the_first_deviation_the_harness_printed(pool, tm
         f"{done.stderr[-3000:]}")
 
 
+@pytest.mark.world
 def test_the_check_is_the_deviation_the_harness_found(pool) -> None:
     """What the script judges: the first deviation's place, the expected value and the property's own tolerance."""
     runner = Runner("reference", pool=pool)

@@ -315,7 +315,10 @@ def known_bugs_page(bugs: list, lines_by_file: dict[str, list], bug_rows: list[d
            "and quantities it makes deviate, and nothing else: anything else the same run shows is judged.", ""]
     claimed: set[tuple[str, int]] = set()
     for bug in bugs:
-        status = "open" if bug.status == "open" else f"fixed in {bug.fixed_in}"
+        row = rows_by_bug.get(bug.id)
+        live = [t for t in (row["affected"].split("; ") if row else []) if "→ reproduced" in t]
+        status = ((f"**open, live**: reproduced on {live[0]}" if live else "open") if bug.status == "open"
+                  else f"fixed in {bug.fixed_in}")
         out += [f"## {thread_link(bug.id)}", "", bug.title, "",
                 f"- **status**: {status}",
                 f"- **affected**: `{'; '.join(bug.affected)}`" + (f" · **fixed**: `{'; '.join(bug.fixed)}`" if bug.fixed
@@ -331,7 +334,6 @@ def known_bugs_page(bugs: list, lines_by_file: dict[str, list], bug_rows: list[d
                            f"on `{'; '.join(line.requires) or 'every version'}`" + ("" if line.strict else " (nonstrict)"))
         else:
             out.append("- **excused**: no xfails line (the suite shows it only where replayed)")
-        row = rows_by_bug.get(bug.id)
         if row:
             out.append(f"- **on an affected version**: {row['affected']}")
             out.append(f"- **on a fixed version**: {row['fixed']}")
