@@ -131,7 +131,7 @@ def test_the_known_bugs_page_lists_each_entry_with_its_lines_replay_and_repro() 
 
 
 @pytest.mark.world
-def test_under_the_5104_line_a_gradient_bug_still_fails() -> None:
+def test_under_the_5104_line_a_gradient_bug_still_fails(world) -> None:
     """The scenario deepspeed#5104 touches, judged with the shipped lines: the reference's verdict is xfail (its
     parameters only); a mutant that scales the loss by 1/G once more deviates in losses' gradients too, and the same
     line no longer excuses it: fail, naming the line, the gradient deviation shown first."""
@@ -141,11 +141,9 @@ def test_under_the_5104_line_a_gradient_bug_still_fails() -> None:
     scenario = Scenario("ds0", "kwarg", "uni4", optimizer="adamw", precision="bf16")
     lines, _ = xfails.for_run("reference")
     pool = WorldPool()
-    try:
-        reference = Runner("reference", xfails=lines, pool=pool).verdict(scenario, "P2")
-        mutant = Runner("tests.mutants.double_scale:Accelerator", xfails=lines, pool=pool).verdict(scenario, "P2")
-    finally:
-        pool.close()
+    pool.worlds[2] = world  # the session's warm world (tests/conftest.py): no world of its own to start
+    reference = Runner("reference", xfails=lines, pool=pool).verdict(scenario, "P2")
+    mutant = Runner("tests.mutants.double_scale:Accelerator", xfails=lines, pool=pool).verdict(scenario, "P2")
     assert reference.outcome == "xfail" and set(k.split("@")[0] for k in reference.signature) == {"param"}
     assert mutant.outcome == "fail" and "grad" in {k.split("@")[0] for k in mutant.signature}
     assert mutant.known.startswith("known failure changed") and "deepspeed#5104" in mutant.known

@@ -3,8 +3,9 @@ and the target (no accumgate), runs the minimal program under ``torchrun --nproc
 for one process), judges the quantity where accumgate saw the program go wrong *with the property's own tolerance*,
 prints that first deviation exactly as accumgate printed it, and exits 1 while the bug is there.
 
-A program that uses none of the new API gets an upstream-only script: plain ``accelerate.Accelerator``, no reference
-import (DESIGN §3: untouched code trains to upstream's bytes, P3), ready to attach to the upstream thread.
+A program that uses none of the new API, and on which upstream accelerate shows the same first deviation, gets an
+upstream-only script: plain ``accelerate.Accelerator``, no reference import (DESIGN §3: untouched code trains to
+upstream's bytes, P3), ready to attach to the upstream thread.
 
 How it stays faithful without importing accumgate:
 - the check is *data*: the harness re-judges the failing property on the recorded run, catches the comparison that
@@ -504,12 +505,11 @@ MEANING = {
 
 
 def script(scenario: Scenario, target_path: str, check: dict[str, Any], versions: dict[str, str | None],
-           summary: str) -> str:
-    """The standalone repro of a generated program (MLP only: the programs the explorer draws). ``target_path`` is
-    replaced by upstream accelerate where the program uses none of the new API."""
+           summary: str, upstream: bool = False) -> str:
+    """The standalone repro of a generated program (MLP only: the programs the explorer draws); ``upstream``: it
+    imports plain accelerate instead of ``target_path`` (see ``write_for``)."""
     if scenario.model != "mlp":
         raise NoRepro("repro scripts are written for the MLP programs the explorer generates")
-    upstream = not scenario.program.uses_new_api
     module, _, attribute = (UPSTREAM_TARGET if upstream else target_path).partition(":")
     ds = scenario.is_deepspeed
     axes = {"is_deepspeed": ds, "zero_stage": scenario.zero_stage, "precision": scenario.precision,
@@ -557,12 +557,27 @@ def script(scenario: Scenario, target_path: str, check: dict[str, Any], versions
         batches=batches, program_indented=textwrap.indent(program, "    "))
 
 
+def upstream_shows_it(runner: Any, scenario: Scenario, code: str, check: dict[str, Any]) -> bool:
+    """Whether upstream accelerate, on the same stack, gives the same first deviation: then the bug is upstream's
+    (the reference adds nothing to code without the new API, P3) and the script needs no target; a fork's own bug in
+    untouched code, or one under a probe of the target's fallback (P9), keeps the target. One more job, in the same
+    warm world."""
+    from ..runner import Runner
+
+    try:
+        return check_of(Runner("native", pool=runner.pool), scenario, code)["printed"] == check["printed"]
+    except NoRepro:
+        return False
+
+
 def write_for(runner: Any, scenario: Scenario, code: str, target_path: str, versions: dict[str, str | None],
               summary: str) -> str:
-    """The script for the first deviation of ``code`` on ``scenario`` (judged by ``runner``)."""
+    """The script for the first deviation of ``code`` on ``scenario`` (judged by ``runner``): upstream-only where the
+    program uses none of the new API and upstream shows the same deviation."""
     check = check_of(runner, scenario, code)
     check.pop("message", None)
-    return script(scenario, target_path, check, versions, summary)
+    upstream = not scenario.program.uses_new_api and upstream_shows_it(runner, scenario, code, check)
+    return script(scenario, target_path, check, versions, summary, upstream)
 
 
-__all__ = ["NoRepro", "SUBJECT", "check_of", "script", "write_for"]
+__all__ = ["NoRepro", "SUBJECT", "check_of", "script", "upstream_shows_it", "write_for"]
