@@ -52,6 +52,7 @@ class Counterexample:
     outcome: Outcome
     first_disagreement: str
     repro: Path | None = None
+    no_repro: str = ""  # why no standalone script could be written
 
 
 @dataclass
@@ -91,6 +92,23 @@ def first_disagreement(outcome: Outcome) -> str:
     if first.deviations:
         return first.deviations[0]["message"].replace("\n", " ")
     return f"{first.name}: {first.outcome}: {first.reason or ''} {('xfails ' + first.known) if first.known else ''}".strip()
+
+
+def known_bugs_seen(outcomes: Sequence[Outcome], xfails: Sequence[Xfail]) -> dict[str, list[str]]:
+    """Known upstream bugs whose signature programs showed (their verdicts are xfail, not counterexamples): bug
+    thread -> program ids, so a run reports the bug it met instead of staying silent about it."""
+    from .xfails import match_all
+
+    seen: dict[str, list[str]] = {}
+    for outcome in outcomes:
+        for verdict in outcome.properties.values():
+            if verdict.outcome != "xfail":
+                continue
+            for line in match_all(xfails, outcome.scenario, verdict.code):
+                programs = seen.setdefault(line.bug, [])
+                if outcome.scenario not in programs:
+                    programs.append(outcome.scenario)
+    return seen
 
 
 def explore_backend(runner: Runner, backend: str, examples: int, seed: int | None, corpus: Sequence[Scenario],
@@ -149,40 +167,26 @@ def _counterexample(failure: ProgramFailed) -> Counterexample:
     return Counterexample(failure.scenario, failure.outcome, first_disagreement(failure.outcome))
 
 
-def write_repro(runner: Runner, counterexample: Counterexample, directory: Path) -> Path:
-    """``repro/<id>.py`` for a counterexample: its expectation from the model, its final weights from the oracle."""
-    from .programs.repro import script
-    from .properties import SUBJECT, Need
+def write_repro(runner: Runner, counterexample: Counterexample, directory: Path) -> Path | None:
+    """``repro/<id>.py`` for a counterexample: its first deviation as a standalone check (where, what was expected,
+    the property's tolerance), upstream-only where the program uses none of the new API. None, with the reason kept
+    on the counterexample, when the deviation is of a kind no standalone script can check."""
+    from .programs.repro import NoRepro, write_for
     from .results import write_atomic
     from .stack import versions
     from .targets import target_path
 
     scenario = counterexample.scenario
-    result = runner.job(Need(SUBJECT, scenario))
-    facts = result.traces[0].facts if result.ok else _default_facts(scenario)
-    expectation = runner.expectation(scenario, facts)
-    free = runner.free_oracle(scenario, expectation)
-    text = script(scenario, target_path(runner.target), expectation, free.final_params or _initial(scenario),
-                  versions(), counterexample.first_disagreement)
+    code = next(v.code for v in counterexample.outcome.properties.values() if v.bad)
+    try:
+        text = write_for(runner, scenario, code, target_path(runner.target), versions(), counterexample.first_disagreement)
+    except NoRepro as why:
+        counterexample.no_repro = str(why)
+        return None
     path = directory / f"{scenario.id}.py"
     write_atomic(path, text)
     counterexample.repro = path
     return path
-
-
-def _default_facts(scenario: Scenario) -> dict:
-    from .programs.model import BACKEND_FACTS
-    from .stack import accelerate_forwards_boundary
-
-    facts = dict(vars(BACKEND_FACTS[scenario.backend]))
-    facts["accelerate_forwards_boundary"] = accelerate_forwards_boundary()
-    return facts
-
-
-def _initial(scenario: Scenario) -> dict:
-    from .models import build_model
-
-    return {name: p.detach().double() for name, p in build_model(scenario.model, scenario.seed).named_parameters()}
 
 
 def explore(target: str, backends: Sequence[str], examples: int, seed: int | None, xfails: Sequence[Xfail] = (),

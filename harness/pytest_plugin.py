@@ -5,7 +5,8 @@ and the report written at the end is the runner's, so ``pytest conformance`` and
 selection give the same verdicts.
 
 Options: --accumgate-target, --accumgate-profile, --accumgate-backends, --accumgate-xfails,
---accumgate-report-dir, --accumgate-timeout, --accumgate-shard (environment: ACCUMGATE_TARGET, ACCUMGATE_PROFILE, ...).
+--accumgate-no-known-bugs, --accumgate-report-dir, --accumgate-timeout, --accumgate-shard (environment:
+ACCUMGATE_TARGET, ACCUMGATE_PROFILE, ...).
 """
 from __future__ import annotations
 
@@ -35,7 +36,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="scenario set (default ci: every pair of axis values, plus the batch-split groups)")
     group.addoption("--accumgate-backends", default=env("ACCUMGATE_BACKENDS"),
                     help="comma-separated backends; the profile is generated for these alone (pairwise within them)")
-    group.addoption("--accumgate-xfails", default=env("ACCUMGATE_XFAILS"), help="known failures file")
+    group.addoption("--accumgate-xfails", action="append", default=[x for x in [env("ACCUMGATE_XFAILS")] if x],
+                    help="a vendor's own known failures, added to the shipped known upstream bugs (repeatable)")
+    group.addoption("--accumgate-no-known-bugs", action="store_true",
+                    default=env("ACCUMGATE_NO_KNOWN_BUGS", "") not in ("", "0", "false"),
+                    help="judge everything: apply none of the known upstream bugs shipped with accumgate")
     group.addoption("--accumgate-report-dir", default=env("ACCUMGATE_REPORT_DIR"),
                     help="write results.json, junit.xml and summary.md here at session end")
     group.addoption("--accumgate-shard", default=env("ACCUMGATE_SHARD"), metavar="K/N",
@@ -54,14 +59,20 @@ def pytest_configure(config: pytest.Config) -> None:
     for name in sorted(registered_markers()):
         config.addinivalue_line("markers", f"{name}: scenario axis marker added by the accumgate plugin")
     from .targets import TargetError, target_path
-    from .xfails import XfailsError, load
+    from .xfails import XfailsError, for_run
 
     try:
-        target_path(config.getoption("accumgate_target"))
-        xfails_path = config.getoption("accumgate_xfails")
-        config._accumgate_xfails = load(xfails_path) if xfails_path else []  # type: ignore[attr-defined]
+        target = config.getoption("accumgate_target")
+        target_path(target)
+        config._accumgate_xfails, config._accumgate_xfails_said = for_run(  # type: ignore[attr-defined]
+            target, config.getoption("accumgate_xfails") or [], not config.getoption("accumgate_no_known_bugs"))
     except (TargetError, XfailsError) as exc:
         raise pytest.UsageError(str(exc)) from exc
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    """Once per session: which known upstream bugs (and whose lines) this run excuses."""
+    return [f"accumgate: {line}" for line in getattr(config, "_accumgate_xfails_said", [])]
 
 
 def _backends(config: pytest.Config) -> Iterable[str]:
@@ -252,7 +263,8 @@ def check(runner, scenario: Scenario, code: str) -> None:
     shown = "\n".join(d["message"] for d in verdict.deviations)
     more = f"\n… and {verdict.deviation_count - len(verdict.deviations)} more" \
         if verdict.deviation_count > len(verdict.deviations) else ""
-    pytest.fail(f"{verdict.deviation_count} deviation(s):\n{shown}{more}", pytrace=False)
+    known = f"\n{verdict.known}" if verdict.known else ""  # a known bug's line that no longer covers the failure
+    pytest.fail(f"{verdict.deviation_count} deviation(s):\n{shown}{more}{known}", pytrace=False)
 
 
 def _subject(scenario: Scenario):

@@ -39,6 +39,9 @@ class Verdict:
     reason: str | None = None  # why the run gave no evidence (error, unsupported)
     known: str | None = None  # the xfails line that judged it (xfail, xpass, or a nonstrict pass)
     raw: str | None = None  # what the run measured before any xfails line judged it (pass, fail, error, unsupported)
+    # What the run showed, by quantity (and step): {"param@2": 3, "loss": 1}, or {"error": 1}; every deviation
+    # counted, not only the ones kept. An xfails line excuses a signature; the gate compares them (xfails.signature).
+    signature: dict[str, int] = field(default_factory=dict)
 
     @property
     def bad(self) -> bool:

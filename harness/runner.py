@@ -21,9 +21,14 @@ from .properties.communication import applies as communication_applies
 from .results import SEVERITY, Outcome, RunResults, Verdict, environment, worst
 from .scenario import Scenario
 from .world import JobResult, World
-from .xfails import Xfail, judge, match
+from .xfails import Xfail, judge, signature
 
 MAX_DEVIATIONS_KEPT = 8
+
+
+def _key(deviation: Deviation) -> str:
+    """A deviation's key in a verdict's signature (``param@2``)."""
+    return next(iter(signature([(deviation.tensor, deviation.where)])))
 
 
 class WorldPool:
@@ -162,12 +167,16 @@ class Runner:
             found, raw, reason = [], undecided.outcome, undecided.reason
         except InvalidProgram as invalid:
             found, raw, reason = [], "error", f"the harness built an invalid program: {invalid}"
-        known = match(self.xfails, scenario.id, prop.code)
-        outcome, _ = judge(raw, known)
-        return Verdict(prop.code, prop.name, outcome,
+        # -- xfails: a line excuses its bug's signature (quantities, steps), nothing else of the verdict -----------
+        shown = signature(((d.tensor, d.where) for d in found), raw)
+        judged = judge(self.xfails, scenario.id, prop.code, raw, shown, reason)
+        if judged.beyond:  # the known failure changed: show first what lies outside every line's signature
+            inside = [any(line.excuses(prop.code, _key(d), reason) for line in judged.lines) for d in found]
+            found = [d for d, known in zip(found, inside) if not known] + [d for d, known in zip(found, inside) if known]
+        # -- end of xfails ------------------------------------------------------------------------------------------
+        return Verdict(prop.code, prop.name, judged.outcome,
                        [{"prop": d.prop, "where": d.where, "tensor": d.tensor, "message": d.message()}
-                        for d in found[:MAX_DEVIATIONS_KEPT]], len(found), reason,
-                       known.text() if known else None, raw)
+                        for d in found[:MAX_DEVIATIONS_KEPT]], len(found), reason, judged.known, raw, signature=shown)
 
     def verdicts(self, scenario: Scenario) -> dict[str, Verdict]:
         return {prop.code: self.verdict(scenario, prop.code) for prop in applicable(scenario, self.target)}

@@ -25,12 +25,11 @@ def pool():
 
 
 def test_upstream_accelerate_is_the_negative_control(pool) -> None:
-    """Its known failures are listed in conformance/xfails/native.txt (it has no fallback for old engines, P9)."""
-    from pathlib import Path
+    """Its known failures are the package's own lines for it, harness/known_bugs/native.txt (it has no fallback for
+    old engines, P9), applied by default as every face applies them."""
+    from harness.xfails import for_run
 
-    from harness.xfails import load
-
-    xfails = load(Path(__file__).resolve().parent.parent / "conformance" / "xfails" / "native.txt")
+    xfails, _ = for_run("native")
     results = Runner("native", xfails=xfails, pool=pool).run(UNTOUCHED + NEW_API)
     got = {o.scenario: o for o in results.outcomes}
     for scenario in UNTOUCHED:
