@@ -85,7 +85,7 @@ def main() -> int:
         for backend in BACKENDS.get(mutant, GENERIC):
             started = time.perf_counter()
             (exploration,) = explore(target, [backend], args.examples, None, xfails, None)
-            tried = {"backend": backend, "programs": exploration.examples,
+            tried = {"backend": backend, "programs": exploration.examples, "first_failure": exploration.first_failure,
                      "seconds": round(time.perf_counter() - started, 1)}
             row["tried"].append(tried)
             if exploration.counterexamples:
@@ -97,8 +97,8 @@ def main() -> int:
                         "first_disagreement": found.first_disagreement[:300]}
                 break
         rows.append(row)
-        where = f"on {row['backend']} by {row['property']} ({row['micro_batches']} micro-batches)" if row["caught"] \
-            else "NOT caught"
+        where = (f"on {row['backend']} by {row['property']} ({row['micro_batches']} micro-batches; first failing program: "
+                 f"{row['tried'][-1]['first_failure']})" if row["caught"] else "NOT caught")
         print(f"{mutant:32} {where} after {sum(t['programs'] for t in row['tried'])} programs, "
               f"{sum(t['seconds'] for t in row['tried']):.0f} s", flush=True)
     out = Path(args.out)

@@ -58,8 +58,11 @@ class Counterexample:
 @dataclass
 class Exploration:
     backend: str
-    examples: int = 0
+    examples: int = 0  # programs run, the shrinking's included
     seconds: float = 0.0
+    # The program (1-based, in the order run) that first failed: how far the explorer had to look before it found
+    # something, shrinking aside (None: nothing failed)
+    first_failure: int | None = None
     outcomes: list[Outcome] = field(default_factory=list)
     counterexamples: list[Counterexample] = field(default_factory=list)
 
@@ -132,6 +135,8 @@ def explore_backend(runner: Runner, backend: str, examples: int, seed: int | Non
             on_example(outcome)
         bad = [v for v in outcome.properties.values() if v.bad]
         if bad:
+            if found.first_failure is None:
+                found.first_failure = found.examples
             raise _failure(bad[0].code, scenario, outcome)
 
     test = given(programs(backend, accelerate_forwards_boundary()))(check)

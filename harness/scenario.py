@@ -515,16 +515,12 @@ def profile(name: str, backends: Iterable[str] = BACKENDS) -> list[Scenario]:
 
 
 def select(scenarios: Iterable[Scenario], expression: str | None) -> list[Scenario]:
-    """``-k`` with pytest's own expression syntax (``ds3 and not kwarg``): a name matches as a substring of
-    the id, case-insensitively, exactly as ``pytest -k`` matches test ids."""
+    """``-k`` with pytest's expression syntax (``ds3 and not kwarg``): a name matches as a substring of the id,
+    case-insensitively, as ``pytest -k`` matches test ids (harness/keywords.py)."""
     scenarios = list(scenarios)
     if not expression:
         return scenarios
-    from _pytest.mark.expression import Expression
+    from .keywords import compile_expression
 
-    compiled = Expression.compile(expression)
-
-    def matches(scenario_id: str) -> bool:
-        return compiled.evaluate(lambda name, *_args, **_kwargs: name.lower() in scenario_id)
-
-    return [s for s in scenarios if matches(s.id.lower())]
+    matches = compile_expression(expression)
+    return [s for s in scenarios if matches(s.id)]

@@ -64,10 +64,8 @@ def scenarios(profile_name: str, backends: str | None = None, k: str | None = No
         raise SelectionError(f"--backends: {exc}") from exc
     try:
         found = select(sharded(profile_scenarios(profile_name, chosen), shard, durations), k)
-    except ValueError as exc:  # a bad --profile, --shard or --durations
+    except ValueError as exc:  # a bad --profile, --shard, --durations or -k expression (keywords.ExpressionError)
         raise SelectionError(str(exc)) from exc
-    except Exception as exc:  # pytest's ParseError for a bad -k expression
-        raise SelectionError(f"-k {k!r}: {exc}") from exc
     return [s for s in found if world_size is None or s.world_size == world_size]
 
 

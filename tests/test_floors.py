@@ -8,7 +8,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 FLOORS = {
-    0: ["scenario", "programs.program", "programs.clauses", "programs.styles", "trace", "targets", "xfails", "models", "stack"],
+    0: ["scenario", "keywords", "programs.program", "programs.clauses", "programs.styles", "trace", "targets", "xfails", "models", "stack"],
     1: ["data", "compare", "programs.model", "programs.strategies", "oracle", "backends", "loops", "metrics", "results",
         "selection", "clients", "job", "shards"],
     2: ["world", "properties", "reports"],
