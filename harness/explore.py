@@ -68,9 +68,13 @@ class Exploration:
 
 
 def load_corpus(path: Path | None) -> list[Scenario]:
-    if path is None or not path.is_file():
-        return []
-    return [Scenario.from_json(entry["scenario"]) for entry in json.loads(path.read_text()).get("programs", [])]
+    """The corpus's programs (past counterexamples) and the sentinels (the programs that caught each mutant), replayed
+    before any new draw."""
+    from .scenario import sentinels
+
+    found = [] if path is None or not path.is_file() else [
+        Scenario.from_json(entry["scenario"]) for entry in json.loads(path.read_text()).get("programs", [])]
+    return found + [s for s in sentinels() if s not in found]
 
 
 def save_to_corpus(path: Path, found: Sequence[Counterexample], target: str) -> None:
