@@ -69,10 +69,12 @@ class Exploration:
 
 def load_corpus(path: Path | None) -> list[Scenario]:
     """The corpus's programs (past counterexamples) and the sentinels (the programs that caught each mutant), replayed
-    before any new draw."""
+    before any new draw; no path (``--no-corpus``, the mutant benchmark's empty start): neither."""
     from .scenario import sentinels
 
-    found = [] if path is None or not path.is_file() else [
+    if path is None:
+        return []
+    found = [] if not path.is_file() else [
         Scenario.from_json(entry["scenario"]) for entry in json.loads(path.read_text()).get("programs", [])]
     return found + [s for s in sentinels() if s not in found]
 
