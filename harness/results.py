@@ -39,6 +39,14 @@ class Verdict:
     reason: str | None = None  # why the run gave no evidence (error, unsupported)
     known: str | None = None  # the xfails line that judged it (xfail, xpass, or a nonstrict pass)
     raw: str | None = None  # what the run measured before any xfails line judged it (pass, fail, error, unsupported)
+    # Worst |Δ| ÷ tolerance over every tolerance-bound comparison the verdict made, passes included (0.0: everything
+    # compared was exactly equal; None: nothing tolerance-bound was compared).
+    margin: float | None = None
+    # [where, margin] per location compared ("step 2 of 4"), in order, the worst over tensors and ranks there.
+    margins: list[list] = field(default_factory=list)
+    faults: list[str] = field(default_factory=list)  # the synthetic faults the property declares for this scenario
+    proven: list[str] = field(default_factory=list)  # those the re-judging of the recorded runs caught
+    notes: list[str] = field(default_factory=list)  # what was not compared, and the named fact that says why
 
     @property
     def bad(self) -> bool:

@@ -33,6 +33,9 @@ class Trace:
     steps: list[StepRecord] = field(default_factory=list)
     # optimizer_step_and_zero_grad's return value by micro-batch, for the micro-batches that called it
     returned: dict[int, float | None] = field(default_factory=dict)
+    # accelerator.clip_grad_norm_'s return value by micro-batch, for the micro-batches whose loop called it (the
+    # pre-clip norm of the step there; on DeepSpeed accelerate >= 1.8 returns the engine wrapper's norm)
+    clip_returned: dict[int, float | None] = field(default_factory=dict)
     sync_gradients: list[bool] = field(default_factory=list)  # accelerator.sync_gradients after each backward
     # Sum of all local .grad elements (float64) after each backward; None where gradients are partitioned
     # (ZeRO). Ranks see different data, so equal digests across ranks mean the gradients were all-reduced.
@@ -51,8 +54,17 @@ class Trace:
     facts: dict[str, Any] = field(default_factory=dict)  # what the installed stack does (programs.model.Facts)
     world: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    warning_counts: dict[str, int] = field(default_factory=dict)  # how many times each of ``warnings`` was said
     log: str = ""  # what the dependencies printed during the job (shown on failure, never on the console)
     client_failure: str | None = None  # a client program (harness.clients): the assertion it stopped on
+
+
+def _number(value: Any) -> float | None:
+    """A returned norm as a Python float (a tensor, an FSDP2 DTensor, or a number), None as None."""
+    if value is None:
+        return None
+    full = getattr(value, "full_tensor", None)
+    return float(full() if callable(full) else value)
 
 
 class StepRecorder:
@@ -70,13 +82,17 @@ class StepRecorder:
     def _record(self, grads: Tensors | None, lr: float | None, engine_grad_norm: float | None = None) -> None:
         self.trace.steps.append(StepRecord(self.micro_step, self.params(), grads, lr, engine_grad_norm))
 
-    def wrap_clip(self, accelerator: Any) -> None:
-        """Off DeepSpeed the user clips before ``optimizer.step()``, so the pre-clip gradients are taken here."""
+    def wrap_clip(self, accelerator: Any, take_grads: bool = True) -> None:
+        """What ``clip_grad_norm_`` returns is recorded by micro-batch (P6 judges it); off DeepSpeed the user clips
+        before ``optimizer.step()``, so the pre-clip gradients are taken here too (``take_grads``)."""
         original = accelerator.clip_grad_norm_
 
         def clip_grad_norm_(*args: Any, **kwargs: Any) -> Any:
-            self._pre_clip_grads = self.grads()
-            return original(*args, **kwargs)
+            if take_grads:
+                self._pre_clip_grads = self.grads()
+            norm = original(*args, **kwargs)
+            self.trace.clip_returned[self.micro_step] = _number(norm)
+            return norm
 
         accelerator.clip_grad_norm_ = clip_grad_norm_
 

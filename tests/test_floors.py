@@ -9,7 +9,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 FLOORS = {
     0: ["scenario", "programs.program", "programs.styles", "trace", "targets", "xfails", "models", "stack"],
-    1: ["data", "compare", "programs.model", "oracle", "backends", "loops", "metrics", "results", "selection",
+    1: ["data", "compare", "tolerances", "programs.model", "oracle", "backends", "loops", "metrics", "results", "selection",
         "clients", "job"],
     2: ["world", "properties", "reports"],
     3: ["runner", "replay"],

@@ -33,6 +33,9 @@ class Facts:
     accelerate_forwards_boundary: bool = True  # accelerate >= 1.8 passes sync_gradients to the wrapper (#3630)
     engine_boundary_api: bool = True  # DeepSpeed's set_gradient_accumulation_boundary (0.5.8+, #1588)
     engine_no_sync: bool = True  # DeepSpeed >= 0.16: engine.no_sync() exists and step() asserts inside it
+    # engine.get_global_grad_norm() has a value after a step: not at ZeRO-0 with a torch optimizer (measured, 0.19.8),
+    # nor with zero_optimization.compute_grad_norm false (#8331)
+    engine_reports_grad_norm: bool = True
 
     @property
     def deepspeed(self) -> bool:
@@ -196,7 +199,10 @@ def _micro_batch(s: _State, mb: MicroBatch, facts: Facts, g: int, clip: float | 
         at_boundary = bool(s.last_boundary) and not s.consumed
         s.consumed = s.consumed or at_boundary
         if facts.deepspeed:
-            returned = "norm" if (at_boundary and s.stepped_last_backward) else "none"
+            # §3 -1.0 only when a step happened and no norm can be had: the engine reports none and its gradients
+            # are partitioned (ZeRO 1-3); at ZeRO-0 the full gradients exist before the step and are measured there.
+            no_norm = not facts.engine_reports_grad_norm and (facts.zero_stage or 0) >= 1
+            returned = ("-1" if no_norm else "norm") if (at_boundary and s.stepped_last_backward) else "none"
         elif at_boundary:
             steps = _optimizer_step(s, index)
             step_clip, returned = clip, "norm"

@@ -1,27 +1,68 @@
-"""P6 grad norm: what optimizer_step_and_zero_grad returns and what the engine reports are the oracle's pre-clip
-norm; None / -1.0 exactly as DESIGN §3 says; clipping applied once (the step itself is P2/P5's)."""
+"""P6 grad norm: every norm the user is handed is the oracle's pre-clip norm of the step it belongs to: what
+``optimizer_step_and_zero_grad`` returns, what ``accelerator.clip_grad_norm_`` returns (on DeepSpeed, accelerate asks
+the engine wrapper), what the engine reports; None / -1.0 exactly as DESIGN §3 says (-1.0 tested on an engine that
+reports no norm: the ``no_grad_norm`` probe); a ``max_grad_norm`` that differs from DeepSpeed's clipping warned about
+once, naming both. Clipping itself is P2/P5's (the step applied to the run's own gradients)."""
 from __future__ import annotations
 
-from ..compare import Deviation, compare_scalar
+from .. import tolerances
+from ..compare import Deviation, compare_scalar, expect_none, note
 from ..scenario import Scenario
-from .base import Evidence, Property, register, subject
-from .checks import gradient_tolerance, not_recorded, step_label
+from .base import SUBJECT, Evidence, Need, Property, register, subject
+from .checks import not_recorded, step_label
+from .faults import declared, engine_norm_invented, micro_batch_doubled, micro_batch_dropped, norm_post_clip, returned_off_boundary
 
 RETURNED = "optimizer_step_and_zero_grad()"
+CLIPPED = "accelerator.clip_grad_norm_()"
+NO_NORM = "no_grad_norm"  # probe: DeepSpeed's zero_optimization.compute_grad_norm false (#8331, ZeRO 1/2)
+CLIP_MISMATCH = "differs from DeepSpeed's gradient_clipping"
+
+
+def _calls_norm(scenario: Scenario) -> bool:
+    """The program is handed a norm: optimizer_step_and_zero_grad, or clip_grad_norm_ with a bound to clip to."""
+    return any(mb.after == "step_and_zero_grad" or (mb.after == "clip_step" and scenario.clip is not None)
+               for mb in scenario.program.micro_batches)
 
 
 def _applies(scenario: Scenario, target: str) -> bool:
-    return scenario.is_deepspeed or any(mb.after == "step_and_zero_grad" for mb in scenario.program.micro_batches)
+    return scenario.is_deepspeed or _calls_norm(scenario)
+
+
+def _probed(scenario: Scenario) -> bool:
+    """An engine that reports no norm after a step, where DeepSpeed can build one (ZeRO 1/2 without offload): the
+    named API style that is handed what the engine reports."""
+    return scenario.backend in ("ds1", "ds2") and scenario.api == "step_and_zero_grad"
+
+
+def _needs(scenario: Scenario) -> list[Need]:
+    return subject(scenario) + ([Need(NO_NORM, scenario, probe=NO_NORM)] if _probed(scenario) else [])
+
+
+def _expected_clip_calls(scenario: Scenario, evidence: Evidence, role: str) -> set[int]:
+    """Where the harness's loop calls clip_grad_norm_: a clip_step micro-batch that reports sync_gradients True, with a
+    bound. The Trainer (a client with its own loop) is judged where its call was recorded: on DeepSpeed the client
+    records none (harness/clients.py does not wrap clip_grad_norm_ there)."""
+    if scenario.clip is None or scenario.api == "trainer":
+        return set()
+    return {i for i, (mb, want) in enumerate(zip(scenario.program.micro_batches, evidence.expectation(role).micro_batches))
+            if mb.after == "clip_step" and want.sync_gradients}
 
 
 def _judge(scenario: Scenario, evidence: Evidence) -> list[Deviation]:
-    traces = evidence.traces()
-    expectation = evidence.expectation()
-    local = evidence.local()
-    rtol, atol, _ = gradient_tolerance(scenario, max((len(w) for w in expectation.windows), default=1))
+    found = _judge_run(scenario, evidence, SUBJECT)
+    if NO_NORM in evidence.needs:
+        found += _judge_no_norm(scenario, evidence)
+    return found + _clip_mismatch_warning(scenario, evidence)
+
+
+def _judge_run(scenario: Scenario, evidence: Evidence, role: str) -> list[Deviation]:
+    traces = evidence.traces(role)
+    expectation = evidence.expectation(role)
+    local = evidence.local(role)
     name = P6.name
-    norm_at = {step.micro_step: step.pre_clip_norm for step in local.steps}
-    zero_stage = scenario.zero_stage
+    norm_at = {step.micro_step: step for step in local.steps}
+    facts = traces[0].facts
+    clip_calls = _expected_clip_calls(scenario, evidence, role)
     found: list[Deviation] = []
     for trace in traces:
         rank = f"rank {trace.rank}"
@@ -36,34 +77,102 @@ def _judge(scenario: Scenario, evidence: Evidence) -> list[Deviation]:
                 continue
             got, kind = trace.returned[index], expectation.micro_batches[index].returned
             if kind == "none":
-                found += compare_scalar(got, None, scenario=scenario.id, prop=name, where=f"{where} (not a boundary)",
-                                        label=RETURNED, rtol=rtol, atol=atol)
+                found += expect_none(got, scenario=scenario.id, prop=name, where=f"{where} (not a boundary)",
+                                     label=RETURNED, why="not a boundary of this optimizer")
             elif kind == "-1":
-                found += compare_scalar(got, -1.0, scenario=scenario.id, prop=name, where=where, label=RETURNED,
-                                        rtol=0.0, atol=0.0)
-            elif index not in norm_at:
-                found.append(not_recorded(scenario, name, where, "the step whose norm was returned"))
+                found += compare_scalar(got, -1.0, scenario=scenario.id, prop=name, where=where, label=RETURNED)
             else:
-                if got is not None and not isinstance(got, float):
-                    found.append(Deviation(scenario.id, name, where, RETURNED, f"returned {type(got).__name__}, "
-                                           "want a Python float"))
-                found += compare_scalar(got, norm_at[index], scenario=scenario.id, prop=name, where=where,
-                                        label=f"{RETURNED} (pre-clip norm)", rtol=rtol, atol=atol)
-        if zero_stage is None:
-            continue
-        for k, (step, want) in enumerate(zip(trace.steps, local.steps)):
-            where = f"{rank} · {step_label(k, len(local.steps))}"
-            # ZeRO 1-3 compute a global norm at every step; ZeRO-0 with a plain torch optimizer reports none (measured).
-            if step.engine_grad_norm is None and zero_stage >= 1:
-                found.append(not_recorded(scenario, name, where, "engine.get_global_grad_norm() (None at ZeRO "
-                                          f"{zero_stage}, which computes one)"))
-            elif step.engine_grad_norm is not None:
-                found += compare_scalar(step.engine_grad_norm, want.pre_clip_norm, scenario=scenario.id, prop=name,
-                                        where=where, label="engine.get_global_grad_norm()", rtol=rtol, atol=atol)
+                found += _norm(scenario, name, where, RETURNED, got, norm_at.get(index))
+        for index in sorted(set(trace.clip_returned) | clip_calls):
+            where = f"{rank} · micro-batch {index}"
+            if index not in trace.clip_returned:
+                found.append(not_recorded(scenario, name, where, f"what {CLIPPED} returned"))
+            elif index in norm_at:
+                found += _norm(scenario, name, where, CLIPPED, trace.clip_returned[index], norm_at[index])
+            else:
+                note(f"{CLIPPED} at micro-batch {index}: no step there, so no norm of its own to compare (DESIGN §3 "
+                     "names none)")
+        if scenario.is_deepspeed:
+            found += _engine_norms(scenario, trace, local, facts)
     return found
+
+
+def _norm(scenario: Scenario, name: str, where: str, label: str, got: float | None, step) -> list[Deviation]:
+    if step is None:
+        return [not_recorded(scenario, name, where, f"the step whose norm {label} returned")]
+    found = []
+    if got is not None and not isinstance(got, float):
+        found.append(Deviation(scenario.id, name, where, label, f"returned {type(got).__name__}, want a Python float"))
+    return found + compare_scalar(got, step.pre_clip_norm, scenario=scenario.id, prop=name, where=where,
+                                  label=f"{label} (pre-clip norm)",
+                                  bound=tolerances.norm_bound(scenario.precision, step.terms),
+                                  bound_text=tolerances.norm_text(scenario.precision))
+
+
+def _engine_norms(scenario: Scenario, trace, local, facts: dict) -> list[Deviation]:
+    """Where the engine reports a norm (the fact, read from the engine built), it is the oracle's; where it reports
+    none it must stay None (and the verdict says why)."""
+    name, rank = P6.name, f"rank {trace.rank}"
+    reports = facts.get("engine_reports_grad_norm", True)
+    found: list[Deviation] = []
+    for k, (step, want) in enumerate(zip(trace.steps, local.steps)):
+        where = f"{rank} · {step_label(k, len(local.steps))}"
+        label = "engine.get_global_grad_norm()"
+        if reports:
+            found += _norm(scenario, name, where, label, step.engine_grad_norm, want)
+        else:
+            found += expect_none(step.engine_grad_norm, scenario=scenario.id, prop=name, where=where, label=label,
+                                 why="this engine computes no norm")
+            note(f"{label}: None, as the engine built here computes none (ZeRO {scenario.zero_stage}"
+                 + (", compute_grad_norm false" if scenario.zero_stage else ", a torch optimizer") + ")")
+    return found
+
+
+def _judge_no_norm(scenario: Scenario, evidence: Evidence) -> list[Deviation]:
+    """The probe: the same run on an engine that reports no norm after a step (gradient clipping off, which that
+    mode requires): optimizer_step_and_zero_grad returns -1.0 after every step and None elsewhere, exactly."""
+    traces = evidence.traces(NO_NORM)
+    if traces[0].facts.get("engine_reports_grad_norm", True):
+        note(f"{NO_NORM} probe: this DeepSpeed ignores zero_optimization.compute_grad_norm (added by #8331), so no "
+             "engine without a norm could be built to test -1.0 with")
+        return []
+    expectation = evidence.expectation(NO_NORM)
+    found: list[Deviation] = []
+    for trace in traces:
+        for index, mb in enumerate(expectation.micro_batches):
+            if mb.returned is None:
+                continue
+            where = f"probe {NO_NORM} · rank {trace.rank} · micro-batch {index}"
+            got = trace.returned.get(index)
+            if index not in trace.returned:
+                found.append(not_recorded(scenario, P6.name, where, f"what {RETURNED} returned"))
+            elif mb.returned == "none":
+                found += expect_none(got, scenario=scenario.id, prop=P6.name, where=where, label=RETURNED,
+                                     why="not a boundary")
+            else:
+                want = -1.0 if mb.returned == "-1" else None
+                if want is None or got != want:
+                    found.append(Deviation(scenario.id, P6.name, where, RETURNED,
+                                           f"got {got!r}, want -1.0 (a step happened and the engine reports no norm)"))
+    return found
+
+
+def _clip_mismatch_warning(scenario: Scenario, evidence: Evidence) -> list[Deviation]:
+    """DESIGN §3: a max_grad_norm that differs from DeepSpeed's gradient_clipping warns once, naming both values. The
+    harness passes the scenario's own bound (no mismatch): then no such warning may appear."""
+    warned = [w for trace in evidence.traces() for w in trace.warnings if CLIP_MISMATCH in w]
+    if not scenario.is_deepspeed or not warned:
+        return []
+    return [Deviation(scenario.id, P6.name, "run", "warnings", f"warned of a clipping mismatch where max_grad_norm "
+                      f"equals gradient_clipping ({scenario.clip}): {warned[0]}")]
+
+
+def _faults(scenario: Scenario, evidence: Evidence) -> list:
+    return declared(scenario, evidence, (norm_post_clip, micro_batch_dropped, micro_batch_doubled,
+                                         engine_norm_invented, returned_off_boundary))
 
 
 P6 = register(Property(
     "P6", "grad norm",
     "grad norm: the returned value equals the oracle's pre-clip norm; None/-1.0 exactly as §3; clipping applied once",
-    _applies, subject, _judge))
+    _applies, _needs, _judge, faults=_faults))
