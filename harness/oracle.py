@@ -41,8 +41,8 @@ class OracleStep:
     # Per element, the sum of the magnitudes of the terms that make the averaged gradient: Σ over the window's
     # micro-batches and the ranks of |micro-batch gradient| / world size (the error analysis of the tolerances).
     terms: Tensors | None = None
-    # The terms themselves: micro-batch index -> each rank's gradient of it (loss scaled as the step's, not averaged):
-    # what synthetic faults add or take away (harness.faults), never recomputed.
+    # The terms themselves: micro-batch index -> each rank's gradient of it (loss scaled as the step's, not averaged;
+    # float32 copies): what synthetic faults add or take away (properties/faults.py), never recomputed.
     micro_grads: dict[int, list[Tensors]] = field(default_factory=dict)
 
 
@@ -56,7 +56,8 @@ class OracleTrace:
     leftover_scale: dict[str, float] = field(default_factory=dict)
     # [rank], per element: the sum of the magnitudes of the terms that make each rank's leftover (OracleStep.terms).
     leftover_terms: list[Tensors] = field(default_factory=list)
-    # micro-batch index -> each rank's gradient of it, for the micro-batches the leftover holds (OracleStep.micro_grads)
+    # micro-batch index -> each rank's gradient of it (float32), for the micro-batches the leftover holds (as
+    # OracleStep.micro_grads)
     leftover_micro_grads: dict[int, list[Tensors]] = field(default_factory=dict)
 
     @property
@@ -158,7 +159,7 @@ def _leftover(run: _Float64Run, expectation: Expectation, start: int, count: int
     def added(m: int) -> None:
         nonlocal local, terms
         grads = [run.gradient(r, m)[1] for r in range(world)]
-        micro[m] = grads
+        micro[m] = [{name: g.float() for name, g in rank.items()} for rank in grads]
         for name in scale:
             scale[name] += max((float(g[name].abs().max()) if g[name].numel() else 0.0) for g in grads)
         local = [_add(local[r], grads[r]) for r in range(world)]
@@ -234,7 +235,7 @@ def teacher_forced(scenario: Scenario, expectation: Expectation, trace: Trace, p
             for r in range(world):
                 loss, grads = run.gradient(r, m)
                 out.losses[r].append(loss)
-                micro[m].append(grads)
+                micro[m].append({name: g.float() for name, g in grads.items()})
                 per_rank[r] = _add(per_rank[r], grads)
                 terms = _add(terms, {name: g.abs() / world for name, g in grads.items()})
                 for name, g in grads.items():

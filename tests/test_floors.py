@@ -12,7 +12,7 @@ FLOORS = {
     1: ["data", "compare", "tolerances", "programs.model", "oracle", "backends", "loops", "metrics", "results", "selection",
         "clients", "job"],
     2: ["world", "properties", "reports"],
-    3: ["runner", "replay"],
+    3: ["runner", "replay", "floors"],
     4: ["cli", "pytest_plugin", "worker", "explore", "fsdp_env", "programs.strategies", "programs.repro"],
 }
 FLOOR_OF = {name: floor for floor, names in FLOORS.items() for name in names}

@@ -88,7 +88,10 @@ def _faults(scenario: Scenario, evidence: Evidence) -> list:
     found = []
     for role in (OLD_ENGINE, UNMANAGED):
         if role in evidence.needs:
-            found += refusal_faults(scenario, evidence, role) + training_faults(scenario, evidence, role)
+            refusals = refusal_faults(scenario, evidence, role)
+            if role == UNMANAGED:  # a DeepSpeed that ignores the key (< 0.19.4) may train instead: not a fault here
+                refusals = [f for f in refusals if "trains on instead" not in f.name]
+            found += refusals + training_faults(scenario, evidence, role)
     return found
 
 

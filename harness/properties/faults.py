@@ -85,20 +85,21 @@ def _step_edited(trace: Trace, k: int, grads: Tensors | None = None, **changes: 
 
 
 def _plus(grads: Tensors, delta: Tensors, factor: float) -> Tensors:
-    return {name: (g.double() + factor * delta[name]).to(g.dtype) for name, g in grads.items()}
+    return {name: (g.double() + factor * delta[name].double()).to(g.dtype) for name, g in grads.items()}
 
 
 def _contribution(local: OracleTrace, k: int, micro_batch: int) -> Tensors | None:
     """Micro-batch ``micro_batch``'s share of step ``k``'s rank-averaged gradient."""
     per_rank = local.steps[k].micro_grads.get(micro_batch) if k < len(local.steps) else None
-    return _mean(per_rank) if per_rank else None
+    return _mean([{n: g.double() for n, g in grads.items()} for grads in per_rank]) if per_rank else None
 
 
-def _last_step(traces: list[Trace], local: OracleTrace) -> int | None:
-    k = len(local.steps) - 1
-    if k < 0 or any(len(t.steps) <= k or t.steps[k].grads is None for t in traces):
+def _faulted_step(traces: list[Trace], local: OracleTrace) -> int | None:
+    """The step a gradient fault goes into: the first (a re-judging stops at the first deviation it meets, so a fault
+    there costs the least; every step is compared alike)."""
+    if not local.steps or any(not t.steps or t.steps[0].grads is None for t in traces):
         return None
-    return k
+    return 0
 
 
 def _total(local: OracleTrace) -> int:
@@ -107,12 +108,12 @@ def _total(local: OracleTrace) -> int:
 
 # ---------------------------------------------------------------------------------------- gradient faults
 def tensor_zeroed(scenario: Scenario, evidence: Evidence, role: str = SUBJECT) -> list[Fault]:
-    """Each tensor's gradient zeroed (one fault per tensor the oracle says has a gradient) at the last step."""
+    """Each tensor's gradient zeroed (one fault per tensor the oracle says has a gradient) at the first step."""
     found = _recorded(evidence, role)
     if found is None:
         return []
     traces, local = found
-    k = _last_step(traces, local)
+    k = _faulted_step(traces, local)
     if k is None:
         return []
     faults = []
@@ -134,7 +135,7 @@ def _micro_batch_scaled(scenario: Scenario, evidence: Evidence, role: str, facto
     if found is None:
         return []
     traces, local = found
-    k = _last_step(traces, local)
+    k = _faulted_step(traces, local)
     if k is None:
         return []
     m = local.steps[k].micro_step
@@ -196,19 +197,19 @@ def step_moved(scenario: Scenario, evidence: Evidence, role: str = SUBJECT) -> l
 
 
 def rank_perturbed(scenario: Scenario, evidence: Evidence, role: str = SUBJECT) -> list[Fault]:
-    """Rank 1's gradients off by its own share of one micro-batch at the last step (a reduction it missed)."""
+    """Rank 1's gradients off by its own share of one micro-batch at the first step (a reduction it missed)."""
     found = _recorded(evidence, role)
     if found is None or len(found[0]) < 2:
         return []
     traces, local = found
-    k = _last_step(traces, local)
+    k = _faulted_step(traces, local)
     if k is None:
         return []
     m = local.steps[k].micro_step
     per_rank = local.steps[k].micro_grads.get(m)
     if not per_rank or len(per_rank) < 2:
         return []
-    delta = {name: g / len(per_rank) for name, g in per_rank[1].items()}
+    delta = {name: g.double() / len(per_rank) for name, g in per_rank[1].items()}
 
     def faulted() -> Evidence:
         edited = [(_step_edited(t, k, _plus(t.steps[k].grads, delta, 1.0)) if t.rank == 1 else t) for t in traces]
@@ -223,7 +224,7 @@ def rounded_differently(scenario: Scenario, evidence: Evidence, role: str = SUBJ
     if found is None:
         return []
     traces, local = found
-    k = _last_step(traces, local)
+    k = _faulted_step(traces, local)
     if k is None:
         return []
     name = max(traces[0].steps[k].grads, key=lambda n: traces[0].steps[k].grads[n].numel())
@@ -352,9 +353,11 @@ def norm_post_clip(scenario: Scenario, evidence: Evidence, role: str = SUBJECT) 
 def engine_norm_invented(scenario: Scenario, evidence: Evidence, role: str = SUBJECT) -> list[Fault]:
     """The engine reports a norm at the first step where it computes none (None is what P6 must insist on)."""
     found = _recorded(evidence, role)
-    if found is None or not found[1].steps:
+    if not scenario.is_deepspeed or found is None or not found[1].steps:
         return []
     traces, local = found
+    if traces[0].facts.get("engine_reports_grad_norm", True):
+        return []
     if any(not t.steps or t.steps[0].engine_grad_norm is not None for t in traces):
         return []
 
@@ -429,7 +432,7 @@ def gradients_left(scenario: Scenario, evidence: Evidence, role: str = SUBJECT) 
     if local.steps:
         delta = _contribution(local, len(local.steps) - 1, local.steps[-1].micro_step)
     elif local.leftover_micro_grads:
-        delta = _mean(next(iter(local.leftover_micro_grads.values())))
+        delta = _mean([{n: g.double() for n, g in grads.items()} for grads in next(iter(local.leftover_micro_grads.values()))])
     if delta is None or any(t.leftover_grads is None for t in traces):
         return []
 
