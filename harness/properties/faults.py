@@ -385,6 +385,44 @@ def returned_off_boundary(scenario: Scenario, evidence: Evidence, role: str = SU
     return [Fault(f"optimizer_step_and_zero_grad() returns a norm off a boundary (micro-batch {off[0]})", faulted)]
 
 
+def no_norm_faults(scenario: Scenario, evidence: Evidence, role: str) -> list[Fault]:
+    """On an engine that reports no norm: -1.0 returned as None (a step that looks like none)."""
+    try:
+        traces = evidence.traces(role)
+    except NotDecided:
+        return []
+    stepped = [i for i, v in traces[0].returned.items() if v == -1.0]
+    if not stepped or traces[0].facts.get("engine_reports_grad_norm", True):
+        return []
+
+    def faulted() -> Evidence:
+        return _replaced(evidence, role, [dataclasses.replace(t, returned={**t.returned, stepped[0]: None})
+                                          for t in traces])
+
+    return [Fault(f"{role}: None returned for -1.0 after a step (micro-batch {stepped[0]})", faulted)]
+
+
+def warning_faults(scenario: Scenario, evidence: Evidence, role: str) -> list[Fault]:
+    """The warning a probe provokes never said, and said twice."""
+    try:
+        traces, usual = evidence.traces(role), {w for t in evidence.traces() for w in t.warnings}
+    except NotDecided:
+        return []
+    new = [w for w in traces[0].warnings if w not in usual]
+    if len(new) != 1:
+        return []
+
+    def silent() -> Evidence:
+        return _replaced(evidence, role, [dataclasses.replace(t, warnings=[w for w in t.warnings if w != new[0]])
+                                          for t in traces])
+
+    def twice() -> Evidence:
+        return _replaced(evidence, role, [dataclasses.replace(t, warning_counts={**t.warning_counts, new[0]: 2})
+                                          for t in traces])
+
+    return [Fault(f"{role}: the warning never said", silent), Fault(f"{role}: the warning said twice", twice)]
+
+
 # ------------------------------------------------------------------------------------- communication faults
 def _reduction_faults(scenario: Scenario, evidence: Evidence, role: str, promised: bool) -> list[Fault]:
     found = _recorded(evidence, role)

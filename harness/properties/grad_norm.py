@@ -10,12 +10,21 @@ from ..compare import Deviation, compare_scalar, expect_none, note
 from ..scenario import Scenario
 from .base import SUBJECT, Evidence, Need, Property, register, subject
 from .checks import not_recorded, step_label
-from .faults import declared, engine_norm_invented, micro_batch_doubled, micro_batch_dropped, norm_post_clip, returned_off_boundary
+from .faults import (
+    declared,
+    engine_norm_invented,
+    micro_batch_doubled,
+    micro_batch_dropped,
+    no_norm_faults,
+    norm_post_clip,
+    returned_off_boundary,
+    warning_faults,
+)
 
 RETURNED = "optimizer_step_and_zero_grad()"
 CLIPPED = "accelerator.clip_grad_norm_()"
 NO_NORM = "no_grad_norm"  # probe: DeepSpeed's zero_optimization.compute_grad_norm false (#8331, ZeRO 1/2)
-CLIP_MISMATCH = "differs from DeepSpeed's gradient_clipping"
+CLIP_MISMATCH = "clip_mismatch"  # probe: DeepSpeed's gradient_clipping twice the max_grad_norm the program passes
 
 
 def _calls_norm(scenario: Scenario) -> bool:
@@ -34,8 +43,16 @@ def _probed(scenario: Scenario) -> bool:
     return scenario.backend in ("ds1", "ds2") and scenario.api == "step_and_zero_grad"
 
 
+def _mismatched(scenario: Scenario) -> bool:
+    """Where the clipping warning is judged: optimizer_step_and_zero_grad with a bound on DeepSpeed (one MLP fp32 run
+    per schedule kind: the warning does not depend on the numbers)."""
+    return (scenario.is_deepspeed and scenario.api == "step_and_zero_grad" and scenario.clip is not None
+            and scenario.model == "mlp" and scenario.precision == "fp32" and scenario.schedule in ("uni4", "dyn3142"))
+
+
 def _needs(scenario: Scenario) -> list[Need]:
-    return subject(scenario) + ([Need(NO_NORM, scenario, probe=NO_NORM)] if _probed(scenario) else [])
+    return (subject(scenario) + ([Need(NO_NORM, scenario, probe=NO_NORM)] if _probed(scenario) else [])
+            + ([Need(CLIP_MISMATCH, scenario, probe=CLIP_MISMATCH)] if _mismatched(scenario) else []))
 
 
 def _expected_clip_calls(scenario: Scenario, evidence: Evidence, role: str) -> set[int]:
@@ -52,7 +69,9 @@ def _judge(scenario: Scenario, evidence: Evidence) -> list[Deviation]:
     found = _judge_run(scenario, evidence, SUBJECT)
     if NO_NORM in evidence.needs:
         found += _judge_no_norm(scenario, evidence)
-    return found + _clip_mismatch_warning(scenario, evidence)
+    if CLIP_MISMATCH in evidence.needs:
+        found += _judge_clip_mismatch(scenario, evidence)
+    return found
 
 
 def _judge_run(scenario: Scenario, evidence: Evidence, role: str) -> list[Deviation]:
@@ -157,19 +176,40 @@ def _judge_no_norm(scenario: Scenario, evidence: Evidence) -> list[Deviation]:
     return found
 
 
-def _clip_mismatch_warning(scenario: Scenario, evidence: Evidence) -> list[Deviation]:
+def _judge_clip_mismatch(scenario: Scenario, evidence: Evidence) -> list[Deviation]:
     """DESIGN §3: a max_grad_norm that differs from DeepSpeed's gradient_clipping warns once, naming both values. The
-    harness passes the scenario's own bound (no mismatch): then no such warning may appear."""
-    warned = [w for trace in evidence.traces() for w in trace.warnings if CLIP_MISMATCH in w]
-    if not scenario.is_deepspeed or not warned:
-        return []
-    return [Deviation(scenario.id, P6.name, "run", "warnings", f"warned of a clipping mismatch where max_grad_norm "
-                      f"equals gradient_clipping ({scenario.clip}): {warned[0]}")]
+    probe sets gradient_clipping to twice the bound the program passes: each rank says exactly one warning more than
+    the run without the mismatch, once, and it names both numbers."""
+    configured, passed = 2.0 * scenario.clip, float(scenario.clip)
+    usual = {w for trace in evidence.traces() for w in trace.warnings}
+    found: list[Deviation] = []
+    for trace in evidence.traces(CLIP_MISMATCH):
+        where = f"probe {CLIP_MISMATCH} · rank {trace.rank}"
+        new = [w for w in trace.warnings if w not in usual]
+        if len(new) != 1:
+            found.append(Deviation(scenario.id, P6.name, where, "warnings",
+                                   f"{len(new)} new warnings where max_grad_norm={passed} differs from DeepSpeed's "
+                                   f"gradient_clipping={configured}: want exactly one ({new})"))
+            continue
+        said = trace.warning_counts.get(new[0], 1)
+        if said != 1 or not (_names(new[0], passed) and _names(new[0], configured)):
+            found.append(Deviation(scenario.id, P6.name, where, "warnings",
+                                   f"said {said} time(s): {new[0]!r}; want once, naming {passed:g} and {configured:g}"))
+    return found
+
+
+def _names(text: str, value: float) -> bool:
+    return any(f"{form}" in text for form in (repr(value), f"{value:g}"))
 
 
 def _faults(scenario: Scenario, evidence: Evidence) -> list:
-    return declared(scenario, evidence, (norm_post_clip, micro_batch_dropped, micro_batch_doubled,
-                                         engine_norm_invented, returned_off_boundary))
+    faults = declared(scenario, evidence, (norm_post_clip, micro_batch_dropped, micro_batch_doubled,
+                                           engine_norm_invented, returned_off_boundary))
+    if NO_NORM in evidence.needs:
+        faults += no_norm_faults(scenario, evidence, NO_NORM)
+    if CLIP_MISMATCH in evidence.needs:
+        faults += warning_faults(scenario, evidence, CLIP_MISMATCH)
+    return faults
 
 
 P6 = register(Property(
