@@ -90,3 +90,15 @@ def test_deepspeed_step_inside_its_own_no_sync_is_invalid_but_a_users_boundary_l
 
 def test_schedules_are_known() -> None:
     assert set(SCHEDULES) >= {"uni4", "dyn3142", "forced4264", "every1", "g1win4", "tail442"}
+
+
+def test_minus_one_where_a_step_happened_and_no_norm_can_be_had() -> None:
+    """§3: -1.0 only when a step happened and no norm can be had: the engine reports none (compute_grad_norm false,
+    #8331) and its gradients are partitioned; at ZeRO-0 the wrapper measures the full gradients itself."""
+    program = Scenario("ds1", "step_and_zero_grad", "dyn3142").program
+    for stage, want in ((1, "-1"), (2, "-1"), (3, "-1"), (0, "norm")):
+        facts = Facts("deepspeed", 2, stage, engine_reports_grad_norm=False)
+        returned = [mb.returned for mb in expect(program, facts, 4, 1.0).micro_batches]
+        assert returned.count(want) == 4 and set(returned) == {want, "none"}, (stage, returned)
+    reported = [mb.returned for mb in expect(program, FACTS["ds1"], 4, 1.0).micro_batches]
+    assert "-1" not in reported and reported.count("norm") == 4
