@@ -137,13 +137,53 @@ def measure(runner: Runner, scenario: Scenario, worst: Worst) -> str:
     return "ok"
 
 
+FLOOR_WEIGHTS = (0.0, 1 / 16, 1 / 4, 1.0)
+
+
+def floor_table(rows: dict[str, torch.Tensor], instances: list[str]) -> list[dict]:
+    """Per precision and quantity, for each weight φ of the floor: the largest |Δ| ÷ u·(S + φ·max S) (the factor
+    needed), and the weakest zeroed tensor: min over (tensor, step) of max |want| ÷ (S + φ·max S) (a zeroed tensor is
+    caught iff that exceeds F·u), with where each was seen."""
+    out = []
+    for key, data in rows.items():
+        data = data.double()
+        a, s, m, w, index = data.unbind(1)
+        index = index.long()
+        for phi in FLOOR_WEIGHTS:
+            scale = s + phi * m
+            ratio = torch.where(scale > 0, a / scale.clamp_min(1e-300),
+                                torch.where(a > 0, torch.full_like(a, float("inf")), torch.zeros_like(a)))
+            worst = int(torch.argmax(torch.nan_to_num(ratio, posinf=1e308)))
+            seen = torch.where(scale > 0, w / scale.clamp_min(1e-300), torch.zeros_like(w))
+            per = torch.zeros(len(instances), dtype=torch.float64).scatter_reduce(0, index, seen, reduce="amax")
+            has = torch.zeros(len(instances), dtype=torch.float64).scatter_reduce(0, index, w, reduce="amax") > 0
+            present = torch.zeros(len(instances), dtype=torch.bool)
+            present[index] = True
+            per = torch.where(present & has, per, torch.full_like(per, float("inf")))
+            weakest = int(torch.argmin(per))
+            out.append({"rows": key, "phi": phi, "max_ratio": float(ratio[worst]), "at": instances[int(index[worst])],
+                        "weakest_zeroed": float(per[weakest]), "weakest_at": instances[weakest]})
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backends", default=",".join(BACKENDS))
     parser.add_argument("-k", default=None, help="only scenario ids containing this")
     parser.add_argument("--dump", default=None, help="also save every element's numbers here (torch.save)")
+    parser.add_argument("--from-dump", default=None, help="only recompute the floor table from a saved dump (and the "
+                        "rest from the --out file it wrote)")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "tolerance_factor.json"))
     args = parser.parse_args()
+    if args.from_dump:
+        saved = torch.load(args.from_dump)
+        out = json.loads(Path(args.out).read_text())
+        out["floor_table"] = floor_table(saved["rows"], saved["instances"])
+        write_atomic(Path(args.out), json.dumps(out, indent=1) + "\n")
+        for row in out["floor_table"]:
+            print(f"{row['rows']:15} φ={row['phi']:<7.4g} factor needed {row['max_ratio']:10.4g}  weakest zeroed tensor "
+                  f"{row['weakest_zeroed']:.3g} at {row['weakest_at']}")
+        return 0
     backends = args.backends.split(",")
     scenarios = [s for s in chosen(backends) if args.k is None or args.k in s.id]
     started = time.perf_counter()
@@ -164,10 +204,11 @@ def main() -> int:
                    "ratio_decades_from_1e-4": worst.histogram[(p, q)], **v}
                   for (p, q), v in sorted(worst.by.items())],
     }
+    rows = {f"{p}/{q}": torch.cat(r) for (p, q), r in ELEMENTS.rows.items()}
+    out["floor_table"] = floor_table(rows, ELEMENTS.instances)
     write_atomic(Path(args.out), json.dumps(out, indent=1) + "\n")
     if args.dump:
-        torch.save({"instances": ELEMENTS.instances,
-                    "rows": {f"{p}/{q}": torch.cat(r) for (p, q), r in ELEMENTS.rows.items()}}, args.dump)
+        torch.save({"instances": ELEMENTS.instances, "rows": rows}, args.dump)
     for row in out["worst"]:
         print(f"{row['precision']:5} {row['quantity']:30} max |Δ|/(u·S) = {row['ratio']:10.4g}  over {row['elements']:8} "
               f"elements  {row['ratio_decades_from_1e-4']}  at {row['where']}")

@@ -1,7 +1,7 @@
 """One scenario inside one rank: build, check the world and the stack built, instrument, train the program, snapshot.
 
 Runs in a rank process after ``world.reset_between_scenarios``; raises ``WorldMismatch`` rather than train in a
-world other than the one the scenario asked for (warm-world.md: a wrong reset trains silently), and ``StackMismatch``
+world other than the one the scenario asked for (warm-world.md: a wrong reset trains silently), and ``StackMismatchError``
 rather than train on a stack other than the one asked for (DESIGN §3: a target that builds another ZeRO stage, drops
 offload or changes the precision is wrong, whatever its numbers; the model reads the stage from the engine built, so
 unchecked it would judge the run against what was built). Probes change the stack for one job: ``unmanaged`` sets
@@ -30,7 +30,7 @@ class WorldMismatch(RuntimeError):
     """The rank sees another world than the scenario asked for; training would be silently wrong."""
 
 
-class StackMismatch(RuntimeError):
+class StackMismatchError(RuntimeError):
     """The target built another stack than the scenario asked for (ZeRO stage, offload, precision)."""
 
 
@@ -68,7 +68,7 @@ def built_stack(accelerator: Any, model: Any, scenario: Scenario) -> dict[str, A
 
 
 def check_stack(accelerator: Any, model: Any, scenario: Scenario, rank: int) -> dict[str, Any]:
-    """The stack the scenario asked for, or ``StackMismatch`` naming what was built (the world's process index, count
+    """The stack the scenario asked for, or ``StackMismatchError`` naming what was built (the world's process index, count
     and distributed type are ``check_world``'s)."""
     built = built_stack(accelerator, model, scenario)
     wanted: dict[str, Any] = {"precision": scenario.precision}
@@ -77,7 +77,7 @@ def check_stack(accelerator: Any, model: Any, scenario: Scenario, rank: int) -> 
     if built != wanted:
         wrong = ", ".join(f"{key} {built.get(key)} (asked: {value})" for key, value in wanted.items()
                           if built.get(key) != value)
-        raise StackMismatch(f"{scenario.id}: rank {rank}: the target built {wrong}; refusing to judge a stack other "
+        raise StackMismatchError(f"{scenario.id}: rank {rank}: the target built {wrong}; refusing to judge a stack other "
                             "than the one asked for")
     return built
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness.job import StackMismatch, check_stack
+from harness.job import StackMismatchError, check_stack
 from harness.scenario import Scenario
 
 
@@ -47,10 +47,10 @@ def test_the_stack_asked_for_passes() -> None:
     (FakeEngine(3, False, True), "precision bf16 (asked: fp32)"),
 ])
 def test_another_stack_is_refused_naming_what_was_built(engine, named: str) -> None:
-    with pytest.raises(StackMismatch, match=r"rank 0: the target built .*" + named.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(StackMismatchError, match=r"rank 0: the target built .*" + named.replace("(", r"\(").replace(")", r"\)")):
         check_stack(None, engine, Scenario("ds3", "kwarg", "uni4"), 0)
 
 
 def test_off_deepspeed_the_precision_is_the_accelerator_s() -> None:
-    with pytest.raises(StackMismatch, match=r"precision fp32 \(asked: bf16\)"):
+    with pytest.raises(StackMismatchError, match=r"precision fp32 \(asked: bf16\)"):
         check_stack(FakeAccelerator("no"), None, Scenario("single", "kwarg", "uni4", precision="bf16", world_size=1), 0)
