@@ -326,7 +326,8 @@ def norm_post_clip(scenario: Scenario, evidence: Evidence, role: str = SUBJECT) 
     if found is None:
         return []
     traces, local = found
-    clipped = [k for k, s in enumerate(local.steps) if s.pre_clip_norm > scenario.clip * (1 + 1e-3)]
+    clipped = [k for k, s in enumerate(local.steps) if s.pre_clip_norm > scenario.clip * (1 + 1e-3)
+               and any(k < len(t.steps) and norms_recorded(t, t.steps[k]) for t in traces)]
     if not clipped:
         return []
     bound = float(scenario.clip)
@@ -348,6 +349,12 @@ def norm_post_clip(scenario: Scenario, evidence: Evidence, role: str = SUBJECT) 
         return _replaced(evidence, role, edited)
 
     return [Fault("norms returned after clipping", faulted)]
+
+
+def norms_recorded(trace: Trace, step) -> bool:
+    """Whether the run reported a norm for this step (the engine's, or what a call returned there)."""
+    values = (step.engine_grad_norm, trace.returned.get(step.micro_step), trace.clip_returned.get(step.micro_step))
+    return any(v is not None and v >= 0 for v in values)
 
 
 def engine_norm_invented(scenario: Scenario, evidence: Evidence, role: str = SUBJECT) -> list[Fault]:

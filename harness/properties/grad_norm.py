@@ -17,6 +17,7 @@ from .faults import (
     micro_batch_dropped,
     no_norm_faults,
     norm_post_clip,
+    norms_recorded,
     returned_off_boundary,
     warning_faults,
 )
@@ -203,8 +204,11 @@ def _names(text: str, value: float) -> bool:
 
 
 def _faults(scenario: Scenario, evidence: Evidence) -> list:
-    faults = declared(scenario, evidence, (norm_post_clip, micro_batch_dropped, micro_batch_doubled,
-                                           engine_norm_invented, returned_off_boundary))
+    traces = evidence.traces()
+    # Gradient faults show in P6 through the norms reported for their step (the first): only where there are some.
+    gradients = (micro_batch_dropped, micro_batch_doubled) if any(
+        t.steps and norms_recorded(t, t.steps[0]) for t in traces) else ()
+    faults = declared(scenario, evidence, (norm_post_clip, *gradients, engine_norm_invented, returned_off_boundary))
     if NO_NORM in evidence.needs:
         faults += no_norm_faults(scenario, evidence, NO_NORM)
     if CLIP_MISMATCH in evidence.needs:
