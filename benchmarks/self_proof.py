@@ -57,6 +57,7 @@ def summary(verdicts: list[tuple[str, str, dict]]) -> dict:
 
 
 def run(scenarios) -> tuple[list[tuple[str, str, dict]], dict]:
+    from harness.programs.model import InvalidProgram
     from harness.properties import applicable
     from harness.runner import Runner, WorldPool
 
@@ -78,8 +79,14 @@ def run(scenarios) -> tuple[list[tuple[str, str, dict]], dict]:
     try:
         for scenario in scenarios:
             for prop in applicable(scenario, "reference"):
-                for need in prop.needs(scenario):
-                    runner.job(need)  # every run first: the CPU clock below is the judging's alone
+                for need in prop.needs(scenario):  # every run and its oracle first: the clocks below are judging's
+                    result = runner.job(need)
+                    if result.ok and result.traces and not scenario.is_client:
+                        try:
+                            facts = result.traces[0].facts
+                            runner.local_oracle(need.scenario, runner.expectation(need.scenario, facts), result.traces[0])
+                        except InvalidProgram:
+                            pass
             t = time.process_time()
             outcome = runner.outcome(scenario)
             cpu["judging"] += time.process_time() - t

@@ -207,8 +207,8 @@ class Runner:
                 proven.append(fault.name)
         names = [f.name for f in declared]
         if names and not proven:
-            return names, proven, f"vacuous: none of {len(names)} synthetic faults caught ({'; '.join(names[:4])}"\
-                                  + ("; …)" if len(names) > 4 else ")")
+            shown = "; ".join(names[:4]) + ("; …" if len(names) > 4 else "")
+            return names, proven, f"vacuous: none of {len(names)} synthetic faults caught ({shown})"
         return names, proven, None
 
     def verdicts(self, scenario: Scenario) -> dict[str, Verdict]:
