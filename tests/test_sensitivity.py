@@ -50,7 +50,7 @@ def test_the_oracle_comparison_catches_every_fault_of_its_kind(runner, scenario:
         declared, caught = _caught(verdict, f"grad[{name}] zeroed")
         assert declared and caught == declared, f"{scenario.id} · {code}: zeroing grad[{name}] " + (
             "was not declared" if not declared else "passed")
-    kinds = ["micro-batch", "step 1 moved", "lr one scheduler step late"] + (
+    kinds = ["micro-batch", "step 1's window scaled", "step 1 moved", "lr one scheduler step late"] + (
         ["rank 1's gradients"] if scenario.world_size > 1 else [])
     for kind in kinds:
         declared, caught = _caught(verdict, kind)

@@ -16,6 +16,7 @@ from .faults import (
     rounded_differently,
     step_moved,
     tensor_zeroed,
+    window_scaled,
 )
 
 BASELINE = "baseline"
@@ -102,7 +103,8 @@ def oracle_judge(prop: Property):
 
 
 # What an oracle comparison exists to see (DESIGN §4, §7 "Sensitivity").
-ORACLE_FAULTS = (tensor_zeroed, micro_batch_dropped, micro_batch_doubled, step_moved, lr_late, rank_perturbed)
+ORACLE_FAULTS = (tensor_zeroed, micro_batch_dropped, micro_batch_doubled, window_scaled, step_moved, lr_late,
+                 rank_perturbed)
 
 
 def oracle_faults(scenario: Scenario, evidence: Evidence) -> list:

@@ -157,6 +157,26 @@ def micro_batch_doubled(scenario: Scenario, evidence: Evidence, role: str = SUBJ
     return _micro_batch_scaled(scenario, evidence, role, 1.0, "doubled")
 
 
+def window_scaled(scenario: Scenario, evidence: Evidence, role: str = SUBJECT) -> list[Fault]:
+    """The first step's gradients scaled by G/(G−1): a window divided by one micro-batch fewer than configured (the
+    1/len instead of 1/G of DESIGN §3's loss-scaling rule, on a full window)."""
+    g = scenario.configured_g
+    found = _recorded(evidence, role)
+    if found is None or g < 2:
+        return []
+    traces, local = found
+    k = _faulted_step(traces, local)
+    if k is None:
+        return []
+    factor = g / (g - 1)
+
+    def faulted() -> Evidence:
+        return _replaced(evidence, role, [_step_edited(t, k, {n: (x.double() * factor).to(x.dtype)
+                                                             for n, x in t.steps[k].grads.items()}) for t in traces])
+
+    return [Fault(f"step {k + 1}'s window scaled by G/(G-1) = {factor:.3g}", faulted)]
+
+
 def step_moved(scenario: Scenario, evidence: Evidence, role: str = SUBJECT) -> list[Fault]:
     """The first step one micro-batch late: the next window's first micro-batch moves into it. With one step only, it
     comes one micro-batch early and its window's last micro-batch is left behind instead."""
