@@ -107,6 +107,11 @@ def _judge_run(scenario: Scenario, evidence: Evidence, role: str) -> list[Deviat
             where = f"{rank} · micro-batch {index}"
             if index not in trace.clip_returned:
                 found.append(not_recorded(scenario, name, where, f"what {CLIPPED} returned"))
+            elif trace.clip_returned[index] is None and scenario.is_deepspeed and not facts.get(
+                    "engine_reports_grad_norm", True):
+                # accelerate's clip_grad_norm_ on DeepSpeed hands over the engine wrapper's norm, which upstream takes
+                # from the engine: None where the engine computes none (the reference measures one there).
+                note(f"{CLIPPED}: None, as the engine built here computes no norm (accelerate returns the engine's)")
             elif index in norm_at:
                 found += _norm(scenario, name, where, CLIPPED, trace.clip_returned[index], norm_at[index])
             else:
