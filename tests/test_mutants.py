@@ -51,6 +51,8 @@ WORLD_CATCHES = [
     ("stale_sync_report", _s("ds2", "kwarg", "dyn3142"), "P4"),
     ("stale_sync_report", _s("ds2", "kwarg", "dyn3142", lr_schedule="warmup"), "P5"),
     ("window_mean", _s("ddp", "kwarg", "dyn3142"), "P5"),
+    # without a bound nothing hands the user a norm off DeepSpeed (P6 does not apply): P5 alone sees the window's 1/len
+    ("window_mean", _s("ddp", "kwarg", "dyn3142", clip=None), "P5"),
     ("ignore_kwarg", _s("ds3", "kwarg", "dyn3142"), "P5"),
     ("post_clip_norm", _s("ds3", "step_and_zero_grad", "dyn3142"), "P6"),
     ("post_clip_norm", _s("single", "step_and_zero_grad", "uni4"), "P6"),
