@@ -500,9 +500,17 @@ def sentinels(backends: Iterable[str] = BACKENDS) -> list[Scenario]:
     return out
 
 
+def leaving_runs(backends: Iterable[str] = BACKENDS) -> list[Scenario]:
+    """The runs P8-leak's follow-ups come after (``set_boundary`` over ``forced4264`` ends with the override True
+    set), judged as scenarios of their own: a follow-up after a run that trains wrong or crashes proves nothing."""
+    keep = set(backends)
+    return [Scenario(b, "set_boundary", "forced4264", world_size=1 if b == "single" else 2) for b in BACKENDS if b in keep]
+
+
 def profile(name: str, backends: Iterable[str] = BACKENDS) -> list[Scenario]:
-    """The scenarios of a profile: quick as it is; ci and full add the batch-split groups P10 compares and the client
-    programs, so that every property has its scenarios in the one list both faces run."""
+    """The scenarios of a profile: quick as it is; ci and full add the batch-split groups P10 compares, the client
+    programs and the runs P8-leak's follow-ups come after, so that every property has its scenarios in the one list
+    both faces run."""
     if name not in PROFILE_BUILDERS:
         raise ValueError(f"--profile {name!r}: expected one of {', '.join(PROFILES)}")
     chosen = PROFILE_BUILDERS[name](backends)
@@ -511,8 +519,8 @@ def profile(name: str, backends: Iterable[str] = BACKENDS) -> list[Scenario]:
         chosen += [s for s in sentinels(backends) if s not in seen and not seen.add(s)]
     if name != "quick":
         seen = set(chosen)
-        chosen += [s for s in split_groups(backends) + clients(backends) + shapes(backends)
-                   if s not in seen and not seen.add(s)]
+        extra = split_groups(backends) + clients(backends) + leaving_runs(backends) + shapes(backends)
+        chosen += [s for s in extra if s not in seen and not seen.add(s)]
     return chosen
 
 

@@ -95,7 +95,11 @@ def test_the_k_expression_selects_as_pytest_does() -> None:
                  "fsdp and (setboundary or stepandzerograd) and not hold"):
         ours = compile_expression(text)
         theirs = Expression.compile(text)
-        assert [i for i in ids if ours(i)] == [i for i in ids if theirs.evaluate(lambda n, *a, **k: n.lower() in i.lower())]
+
+        def pytest_selects(scenario_id: str, theirs=theirs) -> bool:
+            return theirs.evaluate(lambda name, *a, **k: name.lower() in scenario_id.lower())
+
+        assert [i for i in ids if ours(i)] == [i for i in ids if pytest_selects(i)]
     for bad in ("", "ds3 and", "(ds3", "ds3 )", "and"):
         with pytest.raises(ExpressionError):
             compile_expression(bad)
