@@ -41,13 +41,15 @@ def _program_twin_matches(scenario: Scenario) -> bool:
 
 
 def _p1_applies(scenario: Scenario, target: str) -> bool:
-    if scenario.api == "program":
-        return _program_twin_matches(scenario)
     """Any style but accumulate() itself, on windows accumulate() finds on its own (uniform, or a DataLoader that
     ends mid-window), where the style means the same windows (legacy follows the installed accelerate instead) and
-    the same lr schedule (the raw engine loop never steps accelerate's scheduler)."""
+    the same lr schedule (the raw engine loop never steps accelerate's scheduler), and where accumulate()'s run can be
+    made here (not a scenario measured not to be runnable)."""
+    if scenario.api == "program":
+        return _program_twin_matches(scenario)
     return (scenario.api not in ("auto", "legacy", "program", "trainer") and scenario.accumulate_finds_boundaries
-            and scenario.loss_norm == "mean" and not (scenario.api == "ds_native" and scenario.lr_schedule != "const"))
+            and scenario.loss_norm == "mean" and not (scenario.api == "ds_native" and scenario.lr_schedule != "const")
+            and scenario.with_api("auto").not_runnable is None)
 
 
 def _p1_needs(scenario: Scenario) -> list[Need]:
