@@ -88,8 +88,8 @@ def _fsdp2_accelerator(scenario: Scenario, accelerator_cls: Any) -> Any:
 
     plugin = FullyShardedDataParallelPlugin(fsdp_version=2)
     accelerator = accelerator_cls(cpu=not torch.cuda.is_available(), fsdp_plugin=plugin,
-                                  gradient_accumulation_steps=scenario.configured_g,
-                                  mixed_precision="bf16" if scenario.precision == "bf16" else "no")
+                                  mixed_precision="bf16" if scenario.precision == "bf16" else "no",
+                                  **accumulation_arguments(scenario))
     if not torch.cuda.is_available():
         # Both states: every AcceleratorState() built later (prepare builds some) copies PartialState's type over its
         # own, and accelerate would then report MULTI_CPU and take the DDP paths (no_sync among them).
@@ -120,6 +120,27 @@ def _accelerator_kwargs(scenario: Scenario) -> dict[str, Any]:
     from accelerate.utils import DistributedDataParallelKwargs
 
     return {"kwargs_handlers": [DistributedDataParallelKwargs(find_unused_parameters=True)]}
+
+
+PLUGIN_OPTIONS = ("sync_each_batch", "sync_with_dataloader", "adjust_scheduler")
+
+
+def accumulation_arguments(scenario: Scenario) -> dict[str, Any]:
+    """How the accelerator learns G: ``gradient_accumulation_steps``, or, where a generated program asks for
+    GradientAccumulationPlugin options other than accelerate's defaults, the plugin with them (accelerate takes one or
+    the other); a program's ``even_batches=False`` as a DataLoaderConfiguration."""
+    options = scenario.generated.options if scenario.generated is not None else {}
+    plugin = {name: value for name, value in options.items() if name in PLUGIN_OPTIONS}
+    arguments: dict[str, Any] = {"gradient_accumulation_steps": scenario.configured_g}
+    if plugin:
+        from accelerate.utils import GradientAccumulationPlugin
+
+        arguments = {"gradient_accumulation_plugin": GradientAccumulationPlugin(num_steps=scenario.configured_g, **plugin)}
+    if "even_batches" in options:
+        from accelerate.utils import DataLoaderConfiguration
+
+        arguments["dataloader_config"] = DataLoaderConfiguration(even_batches=options["even_batches"])
+    return arguments
 
 
 def declare_unused_parameters(scenario: Scenario, module: Any) -> None:
@@ -157,15 +178,15 @@ def build(scenario: Scenario, accelerator_cls: Any, config_overrides: dict[str, 
         config = deepspeed_config(scenario) | (config_overrides or {})
         accelerator = accelerator_cls(
             deepspeed_plugin=DeepSpeedPlugin(hf_ds_config=config),
-            gradient_accumulation_steps=scenario.configured_g,
+            **accumulation_arguments(scenario),
         )
     elif scenario.backend == "fsdp":
         accelerator = _fsdp2_accelerator(scenario, accelerator_cls)
     else:
         accelerator = accelerator_cls(
             cpu=not torch.cuda.is_available(),
-            gradient_accumulation_steps=scenario.configured_g,
             mixed_precision="bf16" if scenario.precision == "bf16" else "no",
+            **accumulation_arguments(scenario),
             **_accelerator_kwargs(scenario),
         )
     whole = build_model(scenario.model, scenario.seed)
@@ -198,9 +219,9 @@ def rebuild(run: Any) -> Prepared:
     if scenario.is_deepspeed or scenario.backend == "fsdp":
         raise ValueError(f"{scenario.id}: a second accelerator runs on single and ddp only")
     first = run.accelerator
-    accelerator = type(first)(cpu=not torch.cuda.is_available(), gradient_accumulation_steps=scenario.configured_g,
+    accelerator = type(first)(cpu=not torch.cuda.is_available(),
                               mixed_precision="bf16" if scenario.precision == "bf16" else "no",
-                              **_accelerator_kwargs(scenario))
+                              **accumulation_arguments(scenario), **_accelerator_kwargs(scenario))
     prepared = Prepared(accelerator, None)
     for part, optimizer, scheduler in zip(run.parts, run.optimizers, run.schedulers):
         objects = [first.unwrap_model(part), optimizer.optimizer] + ([scheduler.scheduler] if scheduler else [])

@@ -6,7 +6,8 @@ compares.
 
 MLP targets are scaled so that pre-clip gradient norms exceed 1: clipping at 1.0 then really clips, and a
 wrong norm or a double clip shows in the parameters. GPT-2 sequences have random lengths, right-padded,
-with padding masked out of the loss (-100): the token-level loss that makes batch splits matter.
+with padding masked out of the loss (-100): the token-level loss that makes batch splits matter. The classification
+head (``gpt2cls``) reads the same sequences with one class label per sample.
 """
 from __future__ import annotations
 
@@ -14,10 +15,10 @@ import functools
 
 import torch
 
-from .models import GPT2_POSITIONS, GPT2_VOCAB, IN_FEATURES, OUT_FEATURES
+from .models import GPT2_CLASSES, GPT2_PAD_ID, GPT2_POSITIONS, GPT2_VOCAB, IN_FEATURES, OUT_FEATURES
 
 TARGET_SCALE = 4.0
-PAD_ID = 0
+PAD_ID = GPT2_PAD_ID
 
 
 def _sample(model: str, seed: int, rank: int, sample: int) -> dict[str, torch.Tensor]:
@@ -30,6 +31,9 @@ def _sample(model: str, seed: int, rank: int, sample: int) -> dict[str, torch.Te
     input_ids = torch.randint(1, GPT2_VOCAB, (GPT2_POSITIONS,), generator=generator)
     attention_mask = (torch.arange(GPT2_POSITIONS) < length).long()
     input_ids = input_ids.masked_fill(attention_mask == 0, PAD_ID)
+    if model == "gpt2cls":
+        label = torch.randint(0, GPT2_CLASSES, (), generator=generator)
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": label}
     labels = input_ids.masked_fill(attention_mask == 0, -100)
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 

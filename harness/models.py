@@ -6,7 +6,10 @@ padded, variable-length sequences. ``twomodels``: the same perceptron as two mod
 optimizer (a GAN's generator and discriminator, an actor and a critic): what "each optimizer steps once per
 boundary" is about. ``twoheads``: a shared trunk and two heads, each micro-batch routed to one head by (rank,
 micro-batch) — conditional computation, where ranks hold gradients for different parameters (a mixture of experts,
-multi-task heads). Dropout is off: every rank and the oracle compute the same function.
+multi-task heads). ``gpt2cls``: the tiny GPT-2 under transformers' sequence-classification head (two classes, the
+last non-padding token read), whose own loss is the mean cross-entropy over its samples — the head whose ``forward``
+takes ``**kwargs`` but never reads ``num_items_in_batch`` (transformers#47688). Dropout is off: every rank and the
+oracle compute the same function.
 """
 from __future__ import annotations
 
@@ -17,6 +20,8 @@ import torch
 
 IN_FEATURES, HIDDEN, OUT_FEATURES = 8, 16, 4
 GPT2_VOCAB, GPT2_POSITIONS, GPT2_EMBED, GPT2_LAYERS, GPT2_HEADS = 64, 16, 16, 1, 2
+GPT2_CLASSES = 2
+GPT2_PAD_ID = 0  # the padding token (data.PAD_ID): the classification head reads the last token before it
 
 
 class MLP(torch.nn.Module):
@@ -97,9 +102,20 @@ def _tiny_gpt2() -> torch.nn.Module:
     return model
 
 
+def _tiny_gpt2_classifier() -> torch.nn.Module:
+    from transformers import GPT2Config, GPT2ForSequenceClassification
+
+    config = GPT2Config(vocab_size=GPT2_VOCAB, n_positions=GPT2_POSITIONS, n_embd=GPT2_EMBED, n_layer=GPT2_LAYERS,
+                        n_head=GPT2_HEADS, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, summary_first_dropout=0.0,
+                        num_labels=GPT2_CLASSES, pad_token_id=GPT2_PAD_ID, bos_token_id=GPT2_VOCAB - 1,
+                        eos_token_id=GPT2_VOCAB - 1)
+    return GPT2ForSequenceClassification(config)
+
+
 def build_model(name: str, seed: int) -> torch.nn.Module:
     """Same seed, same bytes: the fork of the RNG keeps the caller's global RNG stream untouched."""
-    builders = {"mlp": MLP, "gpt2": _tiny_gpt2, "twomodels": TwoModels, "twoheads": TwoHeads}
+    builders = {"mlp": MLP, "gpt2": _tiny_gpt2, "twomodels": TwoModels, "twoheads": TwoHeads,
+                "gpt2cls": _tiny_gpt2_classifier}
     if name not in builders:
         raise ValueError(f"model {name!r}: expected one of {', '.join(builders)}")
     with torch.random.fork_rng(devices=[]):
@@ -121,7 +137,8 @@ def _float64_default(model: Any) -> Iterator[None]:
 
 
 def forward_loss(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The micro-batch loss a user would backpropagate: MSE for the MLP, token-mean cross-entropy for GPT-2."""
+    """The micro-batch loss a user would backpropagate: MSE for the MLP, token-mean cross-entropy for GPT-2, the
+    classification head's own mean cross-entropy over the micro-batch's samples for ``gpt2cls``."""
     if "route" in batch:
         return torch.nn.functional.mse_loss(model(batch["inputs"], batch["route"]), batch["targets"])
     if "inputs" in batch:

@@ -31,7 +31,10 @@ OPTIMIZERS = ("sgd", "adamw")
 PRECISIONS = ("fp32", "bf16")
 CLIPS = (1.0, None)
 WORLD_SIZES = (1, 2)
-MODELS = ("mlp", "gpt2", "twomodels", "twoheads")
+MODELS = ("mlp", "gpt2", "twomodels", "twoheads", "gpt2cls")
+# The models the profiles combine; "gpt2cls" (a sequence-classification head: transformers#47688) is the live
+# scenarios' (``live``).
+PROFILE_MODELS = ("mlp", "gpt2", "twomodels", "twoheads")
 # How the user turns a micro-batch into the loss it backpropagates: ``mean`` = the model's own mean loss (the
 # engine / accelerate divide it by G); ``tokens`` = the token-level sum divided by the rank's token count of the
 # whole window, passed with ``backward(loss, scale_wrt_gas=False)`` (DeepSpeed; transformers #34191, #35808).
@@ -53,6 +56,14 @@ LR_SCHEDULES = ("const", "warmup", "decay")
 # The profiles combine these; "decay" (an lr that changes at every scheduler step) is drawn by generated programs.
 PROFILE_LR_SCHEDULES = ("const", "warmup")
 WARMUP_STEPS = 4
+# A call the user's loop makes beside its style's own (issue 24's live threads; ``live`` combines them):
+# ``zerograd2``: a zero_grad() after micro-batch 2 of the first window — the prepared optimizer's ``optimizer.zero_grad()``
+#   (accelerate acts on it only while sync_gradients is True) or, on the raw engine, ``engine.zero_grad()``;
+# ``optzerograd2``: the same with ``engine.optimizer.zero_grad()`` on the raw engine (deepspeed#6554: they differ);
+# ``lrbeforestep``: the lr set by hand between backward and the step on every window's last micro-batch (accelerate#2951);
+# ``lrbetween``: the lr set by hand before the first forward of every window after the first (an lr change between
+#   steps: the control of lrbeforestep).
+USER_CALLS = ("none", "zerograd2", "optzerograd2", "lrbeforestep", "lrbetween")
 
 # Schedule name -> (configured gradient_accumulation_steps G, window lengths).
 SCHEDULES: dict[str, tuple[int, tuple[int, ...]]] = {
@@ -98,6 +109,7 @@ class Scenario:
     loss_norm: str = "mean"
     lr_schedule: str = "const"
     generated: Program | None = None  # the micro-batches of a generated program (api "program")
+    user_call: str = "none"  # a call beside the style's own (USER_CALLS)
 
     def __post_init__(self) -> None:
         problem = invalid_reason(self)
@@ -132,7 +144,8 @@ class Scenario:
             return self.generated
         if self.is_client:
             return Program(())
-        return program_of(self.api, self.windows, self.accumulate_finds_boundaries, self.ends_with_dataloader)
+        return with_user_call(program_of(self.api, self.windows, self.accumulate_finds_boundaries,
+                                         self.ends_with_dataloader), self.user_call, self.windows)
 
     @property
     def untouched(self) -> bool:
@@ -195,6 +208,8 @@ class Scenario:
             parts.append(self.model)
         if self.loss_norm != "mean":
             parts.append(f"{self.loss_norm}norm")
+        if self.user_call != "none":
+            parts.append(self.user_call)
         parts.append(f"w{self.world_size}")
         if self.seed:
             parts.append(f"seed{self.seed}")
@@ -263,6 +278,7 @@ def invalid_reason(s: Scenario) -> str | None:
         (s.model in MODELS, f"model {s.model!r}: expected one of {', '.join(MODELS)}"),
         (s.loss_norm in LOSS_NORMS, f"loss_norm {s.loss_norm!r}: expected one of {', '.join(LOSS_NORMS)}"),
         (s.micro_batch_size >= 1, f"micro_batch_size {s.micro_batch_size}: expected >= 1"),
+        (s.user_call in USER_CALLS, f"user_call {s.user_call!r}: expected one of {', '.join(USER_CALLS)}"),
     ]
     for ok, message in checks:
         if not ok:
@@ -279,22 +295,70 @@ def invalid_reason(s: Scenario) -> str | None:
     if s.loss_norm == "innermodule" and (not s.is_deepspeed or s.model != "mlp" or s.api in ("trainer",)):
         return "loss_norm 'innermodule' runs half the forward through the DeepSpeed engine's inner module (MLP)"
     if s.api == PROGRAM:
+        if s.user_call != "none":
+            return "a generated program makes its calls itself (user_call is for the named styles)"
+        if s.generated.short_dataset and s.world_size < 2:
+            return "a short dataset (even_batches wrapping around) needs ranks to share it"
         return None
+    problem = _user_call_problem(s)
+    if problem:
+        return problem
     if s.api in ("ds_native", "legacy") and not s.backend.startswith("ds"):
         return f"api {s.api!r} drives a DeepSpeed engine"
     if s.api == "ddp_native" and s.backend.startswith("ds"):
         return "api 'ddp_native' is the seed's no_sync() code off DeepSpeed (ds_native is its DeepSpeed twin)"
     if s.api == "legacy" and not s.is_uniform:
         return "api 'legacy' (the engine's own counter) can only produce uniform windows"
-    if (s.api == "trainer") != (s.loss_norm in TRAINER_NORMS):
+    if s.model == "gpt2cls" and s.api == "trainer":
+        if s.loss_norm != "mean":
+            return ("the Trainer with a sequence-classification head (model 'gpt2cls') is judged against the head's own "
+                    "mean loss, divided by G (loss_norm 'mean'): the head never reads num_items_in_batch")
+    elif (s.api == "trainer") != (s.loss_norm in TRAINER_NORMS):
         return "the transformers Trainer (api 'trainer') normalises the loss its own way (loss_norm 'trainer')"
-    if s.api == "trainer" and (s.model != "gpt2" or s.backend == "fsdp" or s.optimizer != "sgd"
+    if s.api == "trainer" and (s.model not in ("gpt2", "gpt2cls") or s.backend == "fsdp" or s.optimizer != "sgd"
                                or not s.is_uniform or s.lr_schedule != "const"):
-        return ("api 'trainer' runs the tiny GPT-2 with SGD (the Trainer exempts biases and norms from AdamW's decay) on "
-                "uniform windows, off FSDP (the Trainer builds its own accelerator: the CPU arrangement cannot reach it)")
+        return ("api 'trainer' runs the tiny GPT-2 (or its sequence-classification head) with SGD (the Trainer exempts "
+                "biases and norms from AdamW's decay) on uniform windows, off FSDP (the Trainer builds its own "
+                "accelerator: the CPU arrangement cannot reach it)")
     if s.loss_norm == "tokens" and (s.model != "gpt2" or not s.is_deepspeed):
         return "loss_norm 'tokens' is a token-level loss (gpt2) passed with DeepSpeed's scale_wrt_gas=False"
     return None
+
+
+def _user_call_problem(s: Scenario) -> str | None:
+    """Where a user call means what its name says."""
+    call = s.user_call
+    if call == "none":
+        return None
+    if s.api in ("trainer", *CLIENT_STYLES) or s.model == "twomodels":
+        return f"user_call {call!r} is made by a named style's loop over one model"
+    if call in ("zerograd2", "optzerograd2") and (not s.windows or s.windows[0] < 3):
+        return f"user_call {call!r} needs a first window of 3 or more micro-batches (the zero_grad falls inside it)"
+    if call == "optzerograd2" and s.api != "ds_native":
+        return "user_call 'optzerograd2' is engine.optimizer.zero_grad() on the raw engine (api 'ds_native')"
+    if call in ("lrbeforestep", "lrbetween") and s.lr_schedule != "const":
+        return f"user_call {call!r} sets the lr by hand: with a constant lr schedule (a scheduler would overwrite it)"
+    return None
+
+
+def with_user_call(program: Program, call: str, windows: tuple[int, ...]) -> Program:
+    """The style's program with the scenario's user call made where it says (USER_CALLS)."""
+    if call == "none":
+        return program
+    micro = list(program.micro_batches)
+    firsts = list(itertools.accumulate((0, *windows[:-1])))
+    lasts = [end - 1 for end in itertools.accumulate(windows)]
+    if call in ("zerograd2", "optzerograd2"):
+        engine = micro[1].driver == "engine"
+        kind = {"zerograd2": "engine" if engine else "optimizer", "optzerograd2": "engine_optimizer"}[call]
+        micro[1] = dataclasses.replace(micro[1], zero_grad=kind)
+    elif call == "lrbeforestep":
+        for last in lasts:
+            micro[last] = dataclasses.replace(micro[last], set_lr="before_step")
+    elif call == "lrbetween":
+        for first in firsts[1:]:
+            micro[first] = dataclasses.replace(micro[first], set_lr="before_forward")
+    return dataclasses.replace(program, micro_batches=tuple(micro))
 
 
 def not_runnable_reason(s: Scenario) -> str | None:
@@ -330,7 +394,8 @@ def is_valid(s: Scenario) -> bool:
 # ------------------------------------------------------------------------------------------------- profiles
 AXES: dict[str, tuple] = {
     "backend": BACKENDS, "api": API_STYLES, "schedule": PROFILE_SCHEDULES, "optimizer": OPTIMIZERS,
-    "precision": PRECISIONS, "clip": CLIPS, "world_size": WORLD_SIZES, "model": MODELS, "lr_schedule": PROFILE_LR_SCHEDULES,
+    "precision": PRECISIONS, "clip": CLIPS, "world_size": WORLD_SIZES, "model": PROFILE_MODELS,
+    "lr_schedule": PROFILE_LR_SCHEDULES,
 }
 
 
