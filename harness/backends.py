@@ -86,7 +86,13 @@ def _fsdp2_accelerator(scenario: Scenario, accelerator_cls: Any) -> Any:
     from accelerate.state import AcceleratorState, PartialState
     from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
 
-    plugin = FullyShardedDataParallelPlugin(fsdp_version=2)
+    policy = {}
+    if scenario.reduce_dtype == "fp32":  # the user's own policy: bf16 compute, fp32 reduction (pytorch#196996)
+        from torch.distributed.fsdp import MixedPrecisionPolicy
+
+        policy = {"mixed_precision_policy": MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32,
+                                                                 output_dtype=torch.bfloat16)}
+    plugin = FullyShardedDataParallelPlugin(fsdp_version=2, **policy)
     accelerator = accelerator_cls(cpu=not torch.cuda.is_available(), fsdp_plugin=plugin,
                                   mixed_precision="bf16" if scenario.precision == "bf16" else "no",
                                   **accumulation_arguments(scenario))
@@ -114,8 +120,9 @@ class Prepared:
 
 
 def _accelerator_kwargs(scenario: Scenario) -> dict[str, Any]:
-    """``twoheads`` routes micro-batches to one head: DDP must be told that some parameters go unused."""
-    if scenario.model != "twoheads" or scenario.backend != "ddp":
+    """``twoheads`` routes micro-batches to one head, ``lastbranch`` takes its branch on some micro-batches only: DDP
+    must be told that some parameters go unused."""
+    if scenario.model not in ("twoheads", "lastbranch") or scenario.backend != "ddp":
         return {}
     from accelerate.utils import DistributedDataParallelKwargs
 

@@ -23,7 +23,7 @@ PAD_ID = GPT2_PAD_ID
 
 def _sample(model: str, seed: int, rank: int, sample: int) -> dict[str, torch.Tensor]:
     generator = torch.Generator().manual_seed(1_000_003 * seed + 10_007 * rank + sample)
-    if model in ("mlp", "twomodels", "twoheads"):
+    if model in ("mlp", "twomodels", "twoheads", "lastbranch"):
         inputs = torch.randn(IN_FEATURES, generator=generator)
         targets = TARGET_SCALE * torch.randn(OUT_FEATURES, generator=generator)
         return {"inputs": inputs, "targets": targets}
@@ -45,11 +45,22 @@ def route_of(rank: int, index: int) -> int:
     return 1 if (index + rank) % 4 == 1 else 0
 
 
+BRANCH_EVERY = 4
+
+
+def takes_branch(index: int) -> int:
+    """``lastbranch``: micro-batch ``index`` (every rank alike) takes the branch when it is the last of a window of
+    ``BRANCH_EVERY`` (3, 7, 11): the branch's parameters first get a gradient on a window's last micro-batch."""
+    return 1 if index % BRANCH_EVERY == BRANCH_EVERY - 1 else 0
+
+
 def micro_batch(model: str, seed: int, rank: int, index: int, size: int) -> dict[str, torch.Tensor]:
     samples = [_sample(model, seed, rank, index * size + k) for k in range(size)]
     batch = {key: torch.stack([sample[key] for sample in samples]) for key in samples[0]}
     if model == "twoheads":
         batch["route"] = torch.tensor(route_of(rank, index))
+    elif model == "lastbranch":
+        batch["route"] = torch.tensor(takes_branch(index))
     return batch
 
 

@@ -8,8 +8,10 @@ boundary" is about. ``twoheads``: a shared trunk and two heads, each micro-batch
 micro-batch) — conditional computation, where ranks hold gradients for different parameters (a mixture of experts,
 multi-task heads). ``gpt2cls``: the tiny GPT-2 under transformers' sequence-classification head (two classes, the
 last non-padding token read), whose own loss is the mean cross-entropy over its samples — the head whose ``forward``
-takes ``**kwargs`` but never reads ``num_items_in_batch`` (transformers#47688). Dropout is off: every rank and the
-oracle compute the same function.
+takes ``**kwargs`` but never reads ``num_items_in_batch`` (transformers#47688). ``lastbranch``: the perceptron with a
+residual branch that only every fourth micro-batch (the last of each window of 4) takes, on every rank — a parameter
+that first gets a gradient on a window's last micro-batch (an auxiliary loss, an MoE expert; pytorch#196996). Dropout
+is off: every rank and the oracle compute the same function.
 """
 from __future__ import annotations
 
@@ -69,6 +71,22 @@ class TwoHeads(torch.nn.Module):
         return self.head_b(hidden) if int(route) == 1 else self.head_a(hidden)
 
 
+class LastBranch(torch.nn.Module):
+    """``fc2(h + branch(h))`` on the micro-batches whose ``route`` is 1, ``fc2(h)`` on the others (h = tanh(fc1(x)))."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = torch.nn.Linear(IN_FEATURES, HIDDEN)
+        self.branch = torch.nn.Linear(HIDDEN, HIDDEN)
+        self.fc2 = torch.nn.Linear(HIDDEN, OUT_FEATURES)
+
+    def forward(self, x: torch.Tensor, route: torch.Tensor) -> torch.Tensor:
+        hidden = torch.tanh(self.fc1(x))
+        if int(route) == 1:
+            hidden = hidden + self.branch(hidden)
+        return self.fc2(hidden)
+
+
 class ModelParts:
     """Prepared parts of a model the user prepares piece by piece (``TwoModels``): called as the whole, iterated as
     the parts (each with its optimizer, context and clipping). Its parameters are named ``<part>.<name>``, the names
@@ -115,7 +133,7 @@ def _tiny_gpt2_classifier() -> torch.nn.Module:
 def build_model(name: str, seed: int) -> torch.nn.Module:
     """Same seed, same bytes: the fork of the RNG keeps the caller's global RNG stream untouched."""
     builders = {"mlp": MLP, "gpt2": _tiny_gpt2, "twomodels": TwoModels, "twoheads": TwoHeads,
-                "gpt2cls": _tiny_gpt2_classifier}
+                "gpt2cls": _tiny_gpt2_classifier, "lastbranch": LastBranch}
     if name not in builders:
         raise ValueError(f"model {name!r}: expected one of {', '.join(builders)}")
     with torch.random.fork_rng(devices=[]):

@@ -31,9 +31,9 @@ OPTIMIZERS = ("sgd", "adamw")
 PRECISIONS = ("fp32", "bf16")
 CLIPS = (1.0, None)
 WORLD_SIZES = (1, 2)
-MODELS = ("mlp", "gpt2", "twomodels", "twoheads", "gpt2cls")
-# The models the profiles combine; "gpt2cls" (a sequence-classification head: transformers#47688) is the live
-# scenarios' (``live``).
+MODELS = ("mlp", "gpt2", "twomodels", "twoheads", "gpt2cls", "lastbranch")
+# The models the profiles combine; "gpt2cls" (a sequence-classification head: transformers#47688) and "lastbranch" (a
+# branch only a window's last micro-batch takes: pytorch#196996) are the live scenarios' (``live``).
 PROFILE_MODELS = ("mlp", "gpt2", "twomodels", "twoheads")
 # How the user turns a micro-batch into the loss it backpropagates: ``mean`` = the model's own mean loss (the
 # engine / accelerate divide it by G); ``tokens`` = the token-level sum divided by the rank's token count of the
@@ -64,6 +64,10 @@ WARMUP_STEPS = 4
 # ``lrbetween``: the lr set by hand before the first forward of every window after the first (an lr change between
 #   steps: the control of lrbeforestep).
 USER_CALLS = ("none", "zerograd2", "optzerograd2", "lrbeforestep", "lrbetween")
+# Where gradients are reduced in another dtype than the parameters': "param" (accelerate's mixed_precision policy: bf16
+# parameters reduce in bf16) or "fp32": FSDP2's MixedPrecisionPolicy(param_dtype=bf16, reduce_dtype=fp32), the policy
+# users choose for exact sums (pytorch#196996). Judged with the bf16 tolerances, which the fp32 sum only tightens.
+REDUCE_DTYPES = ("param", "fp32")
 
 # Schedule name -> (configured gradient_accumulation_steps G, window lengths).
 SCHEDULES: dict[str, tuple[int, tuple[int, ...]]] = {
@@ -89,7 +93,8 @@ PROFILE_SCHEDULES = ("uni4", "dyn3142", "forced4264", "every1", "g1win4", "tail4
 SPLITS = (("uni1", 8), ("uni2", 4), ("uni4", 2), ("uni8", 1))
 DEFAULT_MICRO_BATCH = 2
 
-PROFILES = ("quick", "ci", "full")
+# "live": issue 24's live upstream bugs and their controls (``live``), on demand: not in the default envs.
+PROFILES = ("quick", "ci", "full", "live")
 
 
 @dataclass(frozen=True)
@@ -110,6 +115,7 @@ class Scenario:
     lr_schedule: str = "const"
     generated: Program | None = None  # the micro-batches of a generated program (api "program")
     user_call: str = "none"  # a call beside the style's own (USER_CALLS)
+    reduce_dtype: str = "param"  # FSDP2's reduce dtype (REDUCE_DTYPES)
 
     def __post_init__(self) -> None:
         problem = invalid_reason(self)
@@ -210,6 +216,8 @@ class Scenario:
             parts.append(f"{self.loss_norm}norm")
         if self.user_call != "none":
             parts.append(self.user_call)
+        if self.reduce_dtype != "param":
+            parts.append(f"red{self.reduce_dtype}")
         parts.append(f"w{self.world_size}")
         if self.seed:
             parts.append(f"seed{self.seed}")
@@ -248,8 +256,8 @@ class Scenario:
     def split_reference(self) -> "Scenario | None":
         """For a batch split other than the first, the same data as one micro-batch per window (P10)."""
         split = (self.schedule, self.micro_batch_size)
-        if split not in SPLITS or split == SPLITS[0]:
-            return None
+        if split not in SPLITS or split == SPLITS[0] or self.user_call != "none":
+            return None  # a call placed by micro-batch (a zero_grad, an lr set) does not cut into splits
         return self.with_split(*SPLITS[0])
 
 
@@ -279,6 +287,7 @@ def invalid_reason(s: Scenario) -> str | None:
         (s.loss_norm in LOSS_NORMS, f"loss_norm {s.loss_norm!r}: expected one of {', '.join(LOSS_NORMS)}"),
         (s.micro_batch_size >= 1, f"micro_batch_size {s.micro_batch_size}: expected >= 1"),
         (s.user_call in USER_CALLS, f"user_call {s.user_call!r}: expected one of {', '.join(USER_CALLS)}"),
+        (s.reduce_dtype in REDUCE_DTYPES, f"reduce_dtype {s.reduce_dtype!r}: expected one of {', '.join(REDUCE_DTYPES)}"),
     ]
     for ok, message in checks:
         if not ok:
@@ -290,6 +299,11 @@ def invalid_reason(s: Scenario) -> str | None:
     if s.model == "twomodels" and (s.is_deepspeed or s.api in ("trainer",) or s.lr_schedule != "const"):
         return ("model 'twomodels' prepares two models with an optimizer each, off DeepSpeed (whose engine owns one "
                 "optimizer: a second one is refused by DESIGN §3), with a constant lr")
+    if s.reduce_dtype != "param" and (s.backend != "fsdp" or s.precision != "bf16"):
+        return "reduce_dtype 'fp32' is FSDP2's MixedPrecisionPolicy for bf16 parameters (backend fsdp, precision bf16)"
+    if s.model == "lastbranch" and (s.is_deepspeed or s.api in ("trainer",)):
+        return ("model 'lastbranch' (a branch only a window's last micro-batch takes) runs off DeepSpeed, whose ZeRO "
+                "stages handle parameters some micro-batches do not use apart (twoheads)")
     if s.loss_norm == "user" and not s.is_deepspeed:
         return "loss_norm 'user' passes DeepSpeed's scale_wrt_gas=False"
     if s.loss_norm == "innermodule" and (not s.is_deepspeed or s.model != "mlp" or s.api in ("trainer",)):
@@ -336,6 +350,10 @@ def _user_call_problem(s: Scenario) -> str | None:
         return f"user_call {call!r} needs a first window of 3 or more micro-batches (the zero_grad falls inside it)"
     if call == "optzerograd2" and s.api != "ds_native":
         return "user_call 'optzerograd2' is engine.optimizer.zero_grad() on the raw engine (api 'ds_native')"
+    if s.api != "auto" and s.accumulate_finds_boundaries:
+        return (f"user_call {call!r} on a style other than accumulate() needs windows accumulate() cannot find by itself "
+                "(P1 would compare the style with accumulate()'s loop, which ignores a zero_grad off its boundary and, on "
+                "DeepSpeed, steps before an lr set after backward: another loop); use a dynamic schedule")
     if call in ("lrbeforestep", "lrbetween") and s.lr_schedule != "const":
         return f"user_call {call!r} sets the lr by hand: with a constant lr schedule (a scheduler would overwrite it)"
     return None
@@ -528,7 +546,47 @@ def shapes(backends: Iterable[str] = BACKENDS) -> list[Scenario]:
     return out
 
 
-PROFILE_BUILDERS: dict[str, Callable[..., list[Scenario]]] = {"quick": quick, "ci": pairwise, "full": full_product}
+def live(backends: Iterable[str] = BACKENDS) -> list[Scenario]:
+    """Issue 24's threads that are live on the default stack, each beside the controls that show the suite sees it for
+    the reason the thread gives (the oracle, the model and the loop are right where the bug cannot act):
+
+    - transformers#47688: the Trainer with a sequence-classification head (``gpt2cls``) — and the same head through
+      ``accumulate()`` (control: the oracle's classification loss), every backend but FSDP2;
+    - deepspeed#6554: the raw engine's loop with ``engine.zero_grad()`` / ``engine.optimizer.zero_grad()`` inside a
+      window, every DeepSpeed backend — and ``optimizer.zero_grad()`` through accelerate inside ``accumulate()`` (ignored
+      off its boundary) and after the user's own ``no_sync()`` (discarded), every backend;
+    - accelerate#2951: an lr set between ``backward`` and the step through ``accumulate()``, every backend — and set
+      before the window instead (control), and on the raw engine before ``engine.step()`` (control);
+    - pytorch#196996: FSDP2 with MixedPrecisionPolicy(bf16, reduce fp32) and a branch only a window's last micro-batch
+      takes — and each ingredient alone (controls).
+    Not in the ci profile (the default envs): the live ones fail until their xfails lines land; ``--profile live``."""
+    keep = [b for b in BACKENDS if b in set(backends)]
+    out: list[Scenario] = []
+
+    def add(backend: str, api: str, schedule: str, **axes: object) -> None:
+        scenario = _build({"backend": backend, "api": api, "schedule": schedule,
+                           "world_size": 1 if backend == "single" else 2, **axes})
+        if scenario is not None and scenario not in out:
+            out.append(scenario)
+
+    for backend in keep:
+        add(backend, "trainer", "uni4", model="gpt2cls")
+        add(backend, "auto", "uni4", model="gpt2cls")
+        add(backend, "ds_native", "dyn3142", user_call="zerograd2")
+        add(backend, "ds_native", "dyn3142", user_call="optzerograd2")
+        add(backend, "auto", "uni4", user_call="zerograd2")
+        add(backend, "ddp_native", "dyn3142", user_call="zerograd2")
+        add(backend, "auto", "uni4", user_call="lrbeforestep")
+        add(backend, "auto", "uni4", user_call="lrbetween")
+        add(backend, "ds_native", "dyn3142", user_call="lrbeforestep")
+        add(backend, "auto", "uni4", precision="bf16", reduce_dtype="fp32", model="lastbranch")
+        add(backend, "auto", "uni4", precision="bf16", reduce_dtype="fp32")
+        add(backend, "auto", "uni4", precision="bf16", model="lastbranch")
+    return out
+
+
+PROFILE_BUILDERS: dict[str, Callable[..., list[Scenario]]] = {"quick": quick, "ci": pairwise, "full": full_product,
+                                                              "live": live}
 
 
 def clients(backends: Iterable[str] = BACKENDS) -> list[Scenario]:
@@ -566,15 +624,19 @@ def sentinels(backends: Iterable[str] = BACKENDS) -> list[Scenario]:
 
 def profile(name: str, backends: Iterable[str] = BACKENDS) -> list[Scenario]:
     """The scenarios of a profile: quick as it is; ci and full add the batch-split groups P10 compares and the client
-    programs, so that every property has its scenarios in the one list both faces run."""
+    programs, so that every property has its scenarios in the one list both faces run; full also the live scenarios;
+    live is those alone."""
     if name not in PROFILE_BUILDERS:
         raise ValueError(f"--profile {name!r}: expected one of {', '.join(PROFILES)}")
     chosen = PROFILE_BUILDERS[name](backends)
+    if name == "live":
+        return chosen
     seen = set(chosen)
     chosen += [s for s in sentinels(backends) if s not in seen and not seen.add(s)]
     if name != "quick":
         seen = set(chosen)
         chosen += [s for s in split_groups(backends) + clients(backends) + shapes(backends)
+                   + (live(backends) if name == "full" else [])
                    if s not in seen and not seen.add(s)]
     return chosen
 
