@@ -8,7 +8,9 @@ reports whether it ran through and, if not, the assertion it stopped on.
   through, and otherwise the assertion it stopped on.
 - ``trainer``: the transformers ``Trainer`` training the tiny GPT-2 with its own loop (it sets ``sync_gradients``
   itself, normalises the loss by the tokens of the whole accumulated batch, sends ``scale_wrt_gas=False`` to
-  DeepSpeed, reads the norm from ``clip_grad_norm_``), recorded like any scenario and judged by every property.
+  DeepSpeed, reads the norm from ``clip_grad_norm_``), recorded like any scenario and judged by every property; or
+  GPT-2's sequence-classification head (``gpt2cls``), whose loss is its own mean (transformers#47688), with the
+  Trainer's own 1/G or, told the head normalises nothing, its division by the window's length (#38837).
 """
 from __future__ import annotations
 
@@ -94,7 +96,7 @@ def trainer(scenario: Scenario, accelerator_cls: Any, rank: int, count_collectiv
 
         def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
             sample = sample_for_global_index(s.model, s.seed, world, size, index)
-            if s.loss_norm == "trainermask0":  # never a target after the shift: same loss, same oracle
+            if s.loss_norm in ("trainermask0", "trainerdefault"):  # never a target after the shift: same loss, oracle
                 sample = dict(sample, labels=sample["labels"].clone())
                 sample["labels"][0] = -100
             return sample
@@ -152,7 +154,7 @@ def trainer(scenario: Scenario, accelerator_cls: Any, rank: int, count_collectiv
                 return torch.utils.data.SequentialSampler(self.train_dataset)
 
         trainer_cls = SequentialTrainer
-    if "average_tokens_across_devices" in fields:
+    if "average_tokens_across_devices" in fields and s.loss_norm != "trainerdefault":  # #34242: the default's own
         compat["average_tokens_across_devices"] = True
     with tempfile.TemporaryDirectory() as output:
         args = TrainingArguments(
@@ -168,8 +170,10 @@ def trainer(scenario: Scenario, accelerator_cls: Any, rank: int, count_collectiv
         original = trainer_module.Accelerator
         trainer_module.Accelerator = accelerator_cls
         try:
-            state["trainer"] = trainer_cls(model=build_model(s.model, s.seed), args=args, train_dataset=Samples(),
-                                           callbacks=[Recording()])
+            model = build_model(s.model, s.seed)
+            if s.loss_norm == "trainerwindow":  # the head says it normalises nothing: the Trainer divides by the window
+                model.accepts_loss_kwargs = False
+            state["trainer"] = trainer_cls(model=model, args=args, train_dataset=Samples(), callbacks=[Recording()])
         finally:
             trainer_module.Accelerator = original
         for noisy in (PrinterCallback, ProgressCallback):

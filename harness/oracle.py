@@ -25,7 +25,7 @@ from .backends import LEARNING_RATES, LR_LAMBDAS, build_optimizer, steps_paramet
 from .data import cast, global_window_tokens, micro_batch, window_tokens
 from .models import build_model, forward_loss, forward_token_loss_sum, parts_of
 from .programs.model import Expectation, MicroExpect
-from .scenario import TRAINER_NORMS, Scenario
+from .scenario import TRAINER_NORMS, TRAINER_WINDOW_NORM, Scenario
 from .trace import Tensors, Trace
 
 
@@ -94,6 +94,12 @@ class _Float64Run:
         s = self.s
         source = self.program.source(rank, index, s.world_size) if index < len(self.program) else (rank, index)
         batch = cast(micro_batch(s.model, s.seed, *source, s.micro_batch_size), torch.float64)
+        if (s.loss_norm == TRAINER_WINDOW_NORM or (s.api == "trainer" and s.loss_norm == "mean")) and index < len(
+                self._window_of):
+            # A head that normalises nothing itself: the Trainer divides its mean loss by the window's length (its rule
+            # since #39659; G on uniform windows) before backward, and that is the loss the user's backward receives.
+            loss = forward_loss(self.model, batch) / len(self._window_of[index])
+            return loss, loss
         if s.loss_norm in TRAINER_NORMS and index < len(self._window_of):
             loss = s.world_size * forward_token_loss_sum(self.model, batch) / global_window_tokens(
                 s.model, s.seed, s.world_size, self._window_of[index], s.micro_batch_size)

@@ -43,12 +43,18 @@ PROFILE_MODELS = ("mlp", "gpt2", "twomodels", "twoheads")
 # micro-batch's token-loss sum over the window's tokens of every rank (``num_items_in_batch``), times the world size.
 # ``innermodule`` = half the mean loss through the engine's forward, half through ``engine.module``'s (an
 # auxiliary loss through the inner module: deepspeed #8224 scaled only the engine's half by 1/G).
-LOSS_NORMS = ("mean", "tokens", "user", "trainer", "trainermask0", "innermodule")
+LOSS_NORMS = ("mean", "tokens", "user", "trainer", "trainermask0", "innermodule", "trainerdefault", "trainerwindow")
 # The Trainer's own normalisation (api 'trainer'); 'trainermask0': the same on labels whose position 0 is -100. That
 # position is never a target after the causal shift, so the loss and gradients are the same; only a Trainer that counts
 # the tokens before the shift (transformers before #46204) counts differently, so the variant isolates the G-scaling
-# threads (#35808, #45305) from the token-count one on the versions that have both.
-TRAINER_NORMS = ("trainer", "trainermask0")
+# threads (#35808, #45305) from the token-count one on the versions that have both. 'trainerdefault': trainermask0's
+# labels with the Trainer's own default for average_tokens_across_devices (the client sets it True otherwise): the
+# global token mean is right, a per-rank one is transformers#34242 (the default before 4.54).
+TRAINER_NORMS = ("trainer", "trainermask0", "trainerdefault")
+# 'trainerwindow': the Trainer with the classification head told it normalises nothing itself (accepts_loss_kwargs =
+# False, the attribute the Trainer reads first): the Trainer divides each micro-batch's mean loss by its window's real
+# length (transformers >= 4.55, #39659); dividing a partial last window by G instead is transformers#38837.
+TRAINER_WINDOW_NORM = "trainerwindow"
 # The learning rate: constant, or a linear warm-up over 4 scheduler steps (LambdaLR), prepared by accelerate, so that
 # "step counts and lr schedule follow" (P4) is measured: accelerate's scheduler wrapper steps num_processes times per
 # optimizer step, DeepSpeed's engine once per boundary.
@@ -205,7 +211,11 @@ class Scenario:
         if self.is_client:
             return f"{self.backend}-{self.api.replace('_', '')}-w{self.world_size}"
         clip = "noclip" if self.clip is None else f"clip{self.clip:g}"
-        parts = [self.backend, self.api.replace("_", ""), self.schedule, self.optimizer, self.precision, clip]
+        api = self.api.replace("_", "")
+        if self.api == PROGRAM and self.generated.micro_batches and all(
+                mb.driver == "engine" for mb in self.generated.micro_batches):
+            api = "engineprogram"  # the raw engine's own loop: no accelerate call (xfail globs tell them apart)
+        parts = [self.backend, api, self.schedule, self.optimizer, self.precision, clip]
         if self.lr_schedule != "const":
             parts.append(self.lr_schedule)
         if self.micro_batch_size != DEFAULT_MICRO_BATCH:
@@ -324,16 +334,21 @@ def invalid_reason(s: Scenario) -> str | None:
     if s.api == "legacy" and not s.is_uniform:
         return "api 'legacy' (the engine's own counter) can only produce uniform windows"
     if s.model == "gpt2cls" and s.api == "trainer":
-        if s.loss_norm != "mean":
+        if s.loss_norm not in ("mean", TRAINER_WINDOW_NORM):
             return ("the Trainer with a sequence-classification head (model 'gpt2cls') is judged against the head's own "
-                    "mean loss, divided by G (loss_norm 'mean'): the head never reads num_items_in_batch")
+                    "mean loss, divided by G (loss_norm 'mean': the head never reads num_items_in_batch) or by the "
+                    "window's length (loss_norm 'trainerwindow': the head says it normalises nothing)")
     elif (s.api == "trainer") != (s.loss_norm in TRAINER_NORMS):
         return "the transformers Trainer (api 'trainer') normalises the loss its own way (loss_norm 'trainer')"
+    if s.loss_norm == TRAINER_WINDOW_NORM and (s.api != "trainer" or s.model != "gpt2cls"):
+        return "loss_norm 'trainerwindow' is the Trainer's own with the classification head (api 'trainer', model 'gpt2cls')"
+    windows_ok = s.is_uniform or (s.loss_norm == TRAINER_WINDOW_NORM and s.ends_with_dataloader)
     if s.api == "trainer" and (s.model not in ("gpt2", "gpt2cls") or s.backend == "fsdp" or s.optimizer != "sgd"
-                               or not s.is_uniform or s.lr_schedule != "const"):
+                               or not windows_ok or s.lr_schedule != "const"):
         return ("api 'trainer' runs the tiny GPT-2 (or its sequence-classification head) with SGD (the Trainer exempts "
-                "biases and norms from AdamW's decay) on uniform windows, off FSDP (the Trainer builds its own "
-                "accelerator: the CPU arrangement cannot reach it)")
+                "biases and norms from AdamW's decay) on uniform windows (a DataLoader's partial last window with "
+                "loss_norm 'trainerwindow'), off FSDP (the Trainer builds its own accelerator: the CPU arrangement cannot "
+                "reach it)")
     if s.loss_norm == "tokens" and (s.model != "gpt2" or not s.is_deepspeed):
         return "loss_norm 'tokens' is a token-level loss (gpt2) passed with DeepSpeed's scale_wrt_gas=False"
     return None
@@ -551,7 +566,10 @@ def live(backends: Iterable[str] = BACKENDS) -> list[Scenario]:
     the reason the thread gives (the oracle, the model and the loop are right where the bug cannot act):
 
     - transformers#47688: the Trainer with a sequence-classification head (``gpt2cls``) — and the same head through
-      ``accumulate()`` (control: the oracle's classification loss), every backend but FSDP2;
+      ``accumulate()`` (control: the oracle's classification loss), every backend but FSDP2; beside it the fixed
+      Trainer threads the catalogue replays on their versions: transformers#38837 (the head told to normalise nothing,
+      a DataLoader's partial last window: ``trainerwindow``) and transformers#34242 (the Trainer's default token
+      averaging across ranks: ``trainerdefault``), right on the default stack;
     - deepspeed#6554: the raw engine's loop with ``engine.zero_grad()`` / ``engine.optimizer.zero_grad()`` inside a
       window, every DeepSpeed backend — and ``optimizer.zero_grad()`` through accelerate inside ``accumulate()`` (ignored
       off its boundary) and after the user's own ``no_sync()`` (discarded), every backend;
@@ -572,6 +590,8 @@ def live(backends: Iterable[str] = BACKENDS) -> list[Scenario]:
     for backend in keep:
         add(backend, "trainer", "uni4", model="gpt2cls")
         add(backend, "auto", "uni4", model="gpt2cls")
+        add(backend, "trainer", "tail442", model="gpt2cls", loss_norm=TRAINER_WINDOW_NORM)
+        add(backend, "trainer", "uni4", model="gpt2", loss_norm="trainerdefault")
         add(backend, "ds_native", "dyn3142", user_call="zerograd2")
         add(backend, "ds_native", "dyn3142", user_call="optzerograd2")
         add(backend, "auto", "uni4", user_call="zerograd2")

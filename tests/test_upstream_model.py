@@ -88,6 +88,22 @@ def test_accelerates_backward_leaves_its_boundary_on_the_engine() -> None:
     assert flags == [False, True, False, True]
 
 
+def test_the_users_own_boundary_call_on_an_engine_without_it_raises_there() -> None:
+    """An engine without set_gradient_accumulation_boundary (DeepSpeed < 0.5.8, a fork; P9's probe): the user's own call
+    fails with AttributeError naming it — no fallback answers a call made on the engine — while a loop that never
+    calls it trains by the engine's counter."""
+    old = Facts("deepspeed", 2, 2, engine_boundary_api=False, engine_no_sync=False)
+    raising = _run(MicroBatch(driver="engine"), MicroBatch(driver="engine", backward=True), facts=old, g=2)
+    assert raising.error == "AttributeError" and raising.error_at == 1
+    counting = _run(MicroBatch(driver="engine"), MicroBatch(driver="engine"), facts=old, g=2)
+    assert counting.error is None and counting.step_points == [1]
+
+
+def test_raw_engine_programs_are_named_apart() -> None:
+    program = Program((MicroBatch(driver="engine"), MicroBatch(driver="engine", backward=True)))
+    assert Scenario("ds2", PROGRAM, "g2", generated=program).id.startswith("ds2-engineprogram-g2-")
+
+
 # -------------------------------------------------------------------------------------------------- lr by hand
 def test_an_lr_set_between_backward_and_step_applies_to_that_step() -> None:
     """PyTorch's meaning: optimizer.step() uses the lr in its param groups when it runs (accelerate#2951: on DeepSpeed

@@ -500,6 +500,9 @@ def _raw_engine(s: State, mb: MicroBatch, index: int) -> MicroExpect:
     if not s.facts.deepspeed:
         raise InvalidProgram("the engine driver needs a DeepSpeed engine", index)
     lr_set = _set_lr(s, mb, "before_forward")
+    if mb.backward is not None and not s.facts.engine_boundary_api:
+        # The user's own call of a method this engine lacks (DeepSpeed < 0.5.8, a fork): no fallback can answer it.
+        raise Raises("AttributeError")
     if mb.backward is not None:
         s.engine_flag = mb.backward
     boundary = s.engine_flag if s.engine_flag is not None else (s.micro_steps + 1) % s.g == 0
