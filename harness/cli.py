@@ -69,11 +69,11 @@ def _validate_run(args: argparse.Namespace) -> list:
         sys.path.append(os.getcwd())
     from .results import ResultsError, check_writable
     from .targets import TargetError, load_target, target_path
-    from .xfails import XfailsError, load
+    from .xfails import XfailsError, for_run
 
     try:
         target_path(args.target)
-        args.xfail_entries = load(args.xfails) if args.xfails else []
+        args.xfail_entries, args.xfails_said = for_run(args.target, args.xfails or [], not args.no_known_bugs)
         check_writable(Path(args.report_dir))
         load_target(args.target)  # importable here, so a typo is a usage error, not N scenario errors
     except (TargetError, XfailsError, ResultsError) as exc:
@@ -94,7 +94,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     console = Console(stderr=True)
     selection = {"profile": args.profile, "k": args.k, "world_size": args.world_size, "xfails": args.xfails,
-                 "backends": args.backends, "shard": args.shard}
+                 "backends": args.backends, "shard": args.shard, "known_bugs": not args.no_known_bugs}
     if not scenarios and args.shard:
         # More shards than this selection fills: an empty shard is a result (the merge counts its shards), not an error.
         from .results import RunResults, environment
@@ -106,6 +106,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if not scenarios:
         console.print("no scenario matches the selection")
         return EXIT_USAGE
+    for line in args.xfails_said:  # once: which known upstream bugs this run excuses, and from where
+        console.print(line)
     runner = Runner(args.target, xfails=args.xfail_entries, job_timeout_s=args.timeout)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   TextColumn("{task.fields[last]}"), console=console, transient=False) as progress:
@@ -119,7 +121,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
                     progress.console.print(f"[{vstyle}]{verdict.outcome.upper():<11}[/] {outcome.scenario} · {verdict.name}")
                     first = verdict.first_line()
                     if first:
-                        progress.console.print(f"            {first[:400]}")
+                        progress.console.print(f"            {first[:400]}", markup=False, highlight=False)
             progress.update(task, advance=1, last=f"[{style}]{outcome.outcome}[/] {outcome.scenario}")
 
         try:
@@ -145,7 +147,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     for spec in args.xfails or []:
         target, sep, path = spec.partition("=")
         if not sep or not target or not path:
-            raise UsageError(f"--xfails {spec!r}: expected TARGET=FILE, e.g. reference=conformance/xfails/reference.txt")
+            raise UsageError(f"--xfails {spec!r}: expected TARGET=FILE, e.g. reference=harness/known_bugs/reference.txt")
         try:
             rejudge[target] = load(path)
         except XfailsError as exc:
@@ -163,18 +165,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
             written += write_screenshots(merged, Path(args.screenshots))
         except BrowserError as exc:
             raise UsageError(f"--screenshots: {exc}") from exc
-    if args.support_matrix:
-        from . import replay
-        from .reports import support
-        from .results import write_atomic
-
-        bug_rows = replay.table(replay.load(args.catalogue), replay.read_all(args.paths))
-        write_atomic(Path(args.support_matrix), support.render(merged, bug_rows))
-        written.append(Path(args.support_matrix))
-        if args.readme:
-            if not support.update_readme(Path(args.readme), merged):
-                raise UsageError(f"--readme {args.readme}: no {support.README_START} … {support.README_END} markers")
-            written.append(Path(args.readme))
+    if args.support_matrix or args.known_bugs:
+        written += _support_pages(args, merged)
     verdicts = merged.verdict_counts()
     counts = ", ".join(f"{n} {k}" for k, n in verdicts.most_common())
     print(f"{len(merged.runs)} result file(s), {sum(verdicts.values())} (scenario, property) verdicts of "
@@ -186,27 +178,60 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _cmd_gate(args: argparse.Namespace) -> int:
+def _support_pages(args: argparse.Namespace, merged) -> list[Path]:
+    """docs/support-matrix.md (+ its history, + the README's block) and docs/known-bugs.md."""
     import json
 
-    from .reports.gate import compare, explain, table
+    from . import replay
+    from .reports import support
+    from .results import write_atomic
+    from .xfails import SHIPPED, load
+
+    bugs = replay.load(args.catalogue)
+    bug_rows = replay.table(bugs, replay.read_all(args.paths))
+    history_file = support.history_path(Path(args.support_matrix)) if args.support_matrix else None
+    history = support.load_history(history_file)
+    written = []
+    if args.support_matrix:
+        write_atomic(Path(args.support_matrix), support.render(merged, bug_rows, history))
+        write_atomic(history_file, json.dumps(support.updated_history(merged, history, bug_rows), indent=1,
+                                              ensure_ascii=False) + "\n")
+        written += [Path(args.support_matrix), history_file]
+        if args.readme:
+            if not support.update_readme(Path(args.readme), merged, history):
+                raise UsageError(f"--readme {args.readme}: no {support.README_START} … {support.README_END} markers")
+            written.append(Path(args.readme))
+    if args.known_bugs:
+        lines = {path.name: load(path) for path in sorted(SHIPPED.glob("*.txt"))}
+        write_atomic(Path(args.known_bugs), support.known_bugs_page(bugs, lines, bug_rows, history))
+        written.append(Path(args.known_bugs))
+    return written
+
+
+def _cmd_gate(args: argparse.Namespace) -> int:
+    from .reports.gate import compare, coverage, explain, margin_coverage, slim, table
     from .reports.merge import merge
     from .results import ResultsError, write_atomic
 
     try:
         current_runs = merge(args.current)
-        baseline = merge([args.baseline]).as_results()
         current = current_runs.as_results()
+        if args.update_baseline and not Path(args.baseline).exists():
+            baseline = current  # the first baseline: nothing to compare with yet
+        else:
+            baseline = merge([args.baseline]).as_results()
     except ResultsError as exc:
         raise UsageError(str(exc)) from exc
     for warning in current_runs.warnings:  # an incomplete set of shards: its missing verdicts are regressions below
         print(f"warning: {warning}")
     changes = compare(baseline, current)
     print(explain(changes) if args.explain else table(changes))
+    print(coverage(baseline, current))
+    print(margin_coverage(baseline, current).line())
     regressions = [c for c in changes if c.regression]
     if args.update_baseline:
-        write_atomic(Path(args.baseline), json.dumps(current.to_json(), indent=1) + "\n")
-        print(f"baseline updated: {args.baseline}")
+        write_atomic(Path(args.baseline), slim(current))
+        print(f"baseline updated: {args.baseline} ({len(current.outcomes)} scenarios)")
     print(f"{len(regressions)} regression(s) against {args.baseline}")
     return EXIT_FAILURES if regressions and not args.update_baseline else EXIT_OK
 
@@ -217,12 +242,12 @@ def _cmd_explore(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from .explore import default_corpus, explore, save_to_corpus, untouched_implied
+    from .explore import default_corpus, explore, known_bugs_seen, save_to_corpus, untouched_implied
     from .programs.strategies import EXPLORED_BACKENDS
     from .results import ResultsError, RunResults, check_writable, environment, write_all
     from .shards import ShardError, parse_shard, shard_backends
     from .targets import TargetError, load_target, target_path
-    from .xfails import XfailsError, load
+    from .xfails import XfailsError, for_run
 
     backends = [b.strip() for b in args.backends.split(",") if b.strip()] if args.backends else list(EXPLORED_BACKENDS)
     unknown = [b for b in backends if b not in EXPLORED_BACKENDS]
@@ -238,7 +263,7 @@ def _cmd_explore(args: argparse.Namespace) -> int:
     try:
         target_path(args.target)
         load_target(args.target)
-        xfails = load(args.xfails) if args.xfails else []
+        xfails, said = for_run(args.target, args.xfails or [], not args.no_known_bugs)
         check_writable(Path(args.report_dir))
     except (TargetError, XfailsError, ResultsError) as exc:
         raise UsageError(str(exc)) from exc
@@ -249,6 +274,8 @@ def _cmd_explore(args: argparse.Namespace) -> int:
 
         database = DirectoryBasedExampleDatabase(args.database)
     console = Console(stderr=True, soft_wrap=True)
+    for line in said:
+        console.print(line)
     started = time.perf_counter()
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   TextColumn("{task.fields[last]}"), console=console) as progress:
@@ -270,12 +297,18 @@ def _cmd_explore(args: argparse.Namespace) -> int:
         rate = exploration.examples / exploration.seconds if exploration.seconds else 0.0
         console.print(f"{exploration.backend:7} {exploration.examples:5} programs in {exploration.seconds:6.1f} s "
                       f"({rate:.1f}/s): {len(exploration.counterexamples)} counterexample(s)")
+    for bug, programs in known_bugs_seen(outcomes, xfails).items():
+        console.print(f"[yellow]KNOWN UPSTREAM BUG[/] {bug}: {len(programs)} program(s) show its signature, excused "
+                      f"(--no-known-bugs judges them), e.g. {programs[0]}")
     for counterexample in found:
         console.print(f"\n[bold red]COUNTEREXAMPLE[/] {counterexample.scenario.id}")
-        console.print(counterexample.outcome.program or "")
-        console.print(f"first disagreement: {counterexample.first_disagreement}")
+        # markup off: a deviation names tensors in brackets (grad[fc1.bias]), which rich would take for tags
+        console.print(counterexample.outcome.program or "", markup=False, highlight=False)
+        console.print(f"first disagreement: {counterexample.first_disagreement}", markup=False, highlight=False)
         if counterexample.repro:
-            console.print(f"repro: {counterexample.repro}")
+            console.print(f"repro: {counterexample.repro}", markup=False)
+        elif counterexample.no_repro:
+            console.print(f"no standalone repro: {counterexample.no_repro}", markup=False)
     if found and corpus is not None and args.save_corpus:
         save_to_corpus(corpus, found, args.target)
         console.print(f"saved {len(found)} counterexample(s) to {corpus}")
@@ -338,7 +371,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(run)
     run.add_argument("--target", default="reference",
                      help="reference (default), native (installed accelerate), or module:attribute")
-    run.add_argument("--xfails", default=None, metavar="FILE", help="known failures: '<id glob> <reason>' per line")
+    run.add_argument("--xfails", action="append", default=None, metavar="FILE",
+                     help="a vendor's own known failures, added to the shipped ones (repeatable; grammar: harness/xfails.py)")
+    run.add_argument("--no-known-bugs", action="store_true",
+                     help="judge everything: apply none of the known upstream bugs shipped with accumgate")
     run.add_argument("--report-dir", default="reports", metavar="DIR", help="where results.json, junit.xml, summary.md go")
     run.add_argument("--timeout", type=float, default=120.0, metavar="S", help="per-scenario timeout (default 120 s)")
     run.set_defaults(func=_cmd_run)
@@ -351,22 +387,27 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--xfails", action="append", default=None, metavar="TARGET=FILE",
                         help="judge TARGET's recorded outcomes again with this xfails file (repeatable)")
     report.add_argument("--support-matrix", default=None, metavar="MD",
-                        help="also write the versions × stages × API styles table and the replay table here")
+                        help="also write the versions × backends × API styles table and the replay table here; rows not "
+                        "measured again come from (and this round's go to) the .json beside it")
     report.add_argument("--catalogue", default=None, metavar="TOML",
-                        help="known-bug catalogue for the replay table (default: conformance/known_bugs.toml)")
+                        help="known-bug catalogue for the replay table (default: the shipped harness/known_bugs/catalogue.toml)")
     report.add_argument("--screenshots", default=None, metavar="DIR",
                         help="also paint the heatmap, the margin plots and the grid as PNGs here (headless Chromium)")
     report.add_argument("--readme", default=None, metavar="MD",
                         help="with --support-matrix: rewrite the table between the README's support-matrix markers")
+    report.add_argument("--known-bugs", default=None, metavar="MD",
+                        help="also write the known-bugs page: each catalogue entry, its xfails lines, replay and repro")
     report.set_defaults(func=_cmd_report)
     gate = commands.add_parser("gate", help="fail on regressions against a baseline results file")
     gate.add_argument("--baseline", required=True, metavar="BASE.json")
     gate.add_argument("--current", required=True, nargs="+", metavar="CUR", help="results files or directories")
-    gate.add_argument("--update-baseline", action="store_true", help="write the current run as the new baseline (atomic)")
+    gate.add_argument("--update-baseline", action="store_true",
+                      help="after an intentional change: write the current run as the new baseline (slimmed, atomic)")
     gate.add_argument("--explain", action="store_true", help="list each regression in one line instead of the table")
     gate.set_defaults(func=_cmd_gate)
     replay = commands.add_parser("replay", help="run the known-bug catalogue on the installed versions (or tabulate runs)")
-    replay.add_argument("--catalogue", default=None, metavar="TOML", help="default: conformance/known_bugs.toml")
+    replay.add_argument("--catalogue", default=None, metavar="TOML",
+                        help="default: the shipped harness/known_bugs/catalogue.toml")
     replay.add_argument("--backends", default=None, metavar="B1,B2", help="only bugs whose scenarios use these backends")
     replay.add_argument("--bugs", default=None, metavar="ID1,ID2",
                         help="only these catalogue entries (ids or globs: 'transformers#*')")
@@ -380,7 +421,10 @@ def build_parser() -> argparse.ArgumentParser:
     explore.add_argument("--backends", default=None, metavar="B1,B2", help="default: single,ddp,ds0,ds1,ds2,ds3")
     explore.add_argument("--examples", type=int, default=150, metavar="N", help="programs per backend (default 150)")
     explore.add_argument("--seed", type=int, default=None, metavar="S", help="Hypothesis seed (default: derandomized)")
-    explore.add_argument("--xfails", default=None, metavar="FILE", help="known failures, as for run")
+    explore.add_argument("--xfails", action="append", default=None, metavar="FILE",
+                         help="a vendor's own known failures, added to the shipped ones, as for run")
+    explore.add_argument("--no-known-bugs", action="store_true",
+                         help="judge everything: a known upstream bug's program is then a counterexample")
     explore.add_argument("--report-dir", default="reports/explore", metavar="DIR",
                          help="results.json, junit.xml, summary.md and repro/<id>.py go here")
     explore.add_argument("--corpus", default=None, metavar="JSON",

@@ -56,21 +56,31 @@ class Counterexample:
     outcome: Outcome
     first_disagreement: str
     repro: Path | None = None
+    no_repro: str = ""  # why no standalone script could be written
 
 
 @dataclass
 class Exploration:
     backend: str
-    examples: int = 0
+    examples: int = 0  # programs run, the shrinking's included
     seconds: float = 0.0
+    # The program (1-based, in the order run) that first failed: how far the explorer had to look before it found
+    # something, shrinking aside (None: nothing failed)
+    first_failure: int | None = None
     outcomes: list[Outcome] = field(default_factory=list)
     counterexamples: list[Counterexample] = field(default_factory=list)
 
 
 def load_corpus(path: Path | None) -> list[Scenario]:
-    if path is None or not path.is_file():
+    """The corpus's programs (past counterexamples) and the sentinels (the programs that caught each mutant), replayed
+    before any new draw; no path (``--no-corpus``, the mutant benchmark's empty start): neither."""
+    from .scenario import sentinels
+
+    if path is None:
         return []
-    return [Scenario.from_json(entry["scenario"]) for entry in json.loads(path.read_text()).get("programs", [])]
+    found = [] if not path.is_file() else [
+        Scenario.from_json(entry["scenario"]) for entry in json.loads(path.read_text()).get("programs", [])]
+    return found + [s for s in sentinels() if s not in found]
 
 
 def save_to_corpus(path: Path, found: Sequence[Counterexample], target: str) -> None:
@@ -102,6 +112,23 @@ def untouched_implied(target: str, untouched: bool) -> bool:
     return untouched or target == "native"
 
 
+def known_bugs_seen(outcomes: Sequence[Outcome], xfails: Sequence[Xfail]) -> dict[str, list[str]]:
+    """Known upstream bugs whose signature programs showed (their verdicts are xfail, not counterexamples): bug
+    thread -> program ids, so a run reports the bug it met instead of staying silent about it."""
+    from .xfails import match_all
+
+    seen: dict[str, list[str]] = {}
+    for outcome in outcomes:
+        for verdict in outcome.properties.values():
+            if verdict.outcome != "xfail":
+                continue
+            for line in match_all(xfails, outcome.scenario, verdict.code):
+                programs = seen.setdefault(line.bug, [])
+                if outcome.scenario not in programs:
+                    programs.append(outcome.scenario)
+    return seen
+
+
 def explore_backend(runner: Runner, backend: str, examples: int, seed: int | None, corpus: Sequence[Scenario],
                     database: object = None, on_example: Callable[[Outcome], None] | None = None,
                     untouched: bool = False) -> Exploration:
@@ -124,6 +151,8 @@ def explore_backend(runner: Runner, backend: str, examples: int, seed: int | Non
             on_example(outcome)
         bad = [v for v in outcome.properties.values() if v.bad]
         if bad:
+            if found.first_failure is None:
+                found.first_failure = found.examples
             raise _failure(bad[0].code, scenario, outcome)
 
     test = given(programs(backend, accelerate_forwards_boundary(), untouched=untouched))(check)
@@ -159,40 +188,26 @@ def _counterexample(failure: ProgramFailed) -> Counterexample:
     return Counterexample(failure.scenario, failure.outcome, first_disagreement(failure.outcome))
 
 
-def write_repro(runner: Runner, counterexample: Counterexample, directory: Path) -> Path:
-    """``repro/<id>.py`` for a counterexample: its expectation from the model, its final weights from the oracle."""
-    from .programs.repro import script
-    from .properties import SUBJECT, Need
+def write_repro(runner: Runner, counterexample: Counterexample, directory: Path) -> Path | None:
+    """``repro/<id>.py`` for a counterexample: its first deviation as a standalone check (where, what was expected,
+    the property's tolerance), upstream-only where the program uses none of the new API. None, with the reason kept
+    on the counterexample, when the deviation is of a kind no standalone script can check."""
+    from .programs.repro import NoRepro, write_for
     from .results import write_atomic
     from .stack import versions
     from .targets import target_path
 
     scenario = counterexample.scenario
-    result = runner.job(Need(SUBJECT, scenario))
-    facts = result.traces[0].facts if result.ok else _default_facts(scenario)
-    expectation = runner.expectation(scenario, facts)
-    free = runner.free_oracle(scenario, expectation)
-    text = script(scenario, target_path(runner.target), expectation, free.final_params or _initial(scenario),
-                  versions(), counterexample.first_disagreement)
+    code = next(v.code for v in counterexample.outcome.properties.values() if v.bad)
+    try:
+        text = write_for(runner, scenario, code, target_path(runner.target), versions(), counterexample.first_disagreement)
+    except NoRepro as why:
+        counterexample.no_repro = str(why)
+        return None
     path = directory / f"{scenario.id}.py"
     write_atomic(path, text)
     counterexample.repro = path
     return path
-
-
-def _default_facts(scenario: Scenario) -> dict:
-    from .programs.model import BACKEND_FACTS
-    from .stack import accelerate_forwards_boundary
-
-    facts = dict(vars(BACKEND_FACTS[scenario.backend]))
-    facts["accelerate_forwards_boundary"] = accelerate_forwards_boundary()
-    return facts
-
-
-def _initial(scenario: Scenario) -> dict:
-    from .models import build_model
-
-    return {name: p.detach().double() for name, p in build_model(scenario.model, scenario.seed).named_parameters()}
 
 
 def explore(target: str, backends: Sequence[str], examples: int, seed: int | None, xfails: Sequence[Xfail] = (),

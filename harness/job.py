@@ -1,9 +1,14 @@
-"""One scenario inside one rank: build, check the world, instrument, train the program, snapshot.
+"""One scenario inside one rank: build, check the world and the stack built, instrument, train the program, snapshot.
 
 Runs in a rank process after ``world.reset_between_scenarios``; raises ``WorldMismatch`` rather than train in a
-world other than the one the scenario asked for (warm-world.md: a wrong reset trains silently). Probes (P9) change
-the stack for one job: ``unmanaged`` sets DeepSpeed's ``managed_gradient_accumulation: false``; ``old_engine``
-hides the engine's boundary API and ``no_sync`` (a DeepSpeed before 0.5.8, or a fork without them).
+world other than the one the scenario asked for (warm-world.md: a wrong reset trains silently), and ``StackMismatchError``
+rather than train on a stack other than the one asked for (DESIGN §3: a target that builds another ZeRO stage, drops
+offload or changes the precision is wrong, whatever its numbers; the model reads the stage from the engine built, so
+unchecked it would judge the run against what was built). Probes change the stack for one job: ``unmanaged`` sets
+DeepSpeed's ``managed_gradient_accumulation: false`` and ``old_engine`` hides the engine's boundary API and
+``no_sync`` (P9: a DeepSpeed before 0.5.8, or a fork without them); ``no_grad_norm`` builds an engine that reports
+no norm (``zero_optimization.compute_grad_norm: false``, #8331, which needs clipping off) and ``clip_mismatch`` sets
+DeepSpeed's ``gradient_clipping`` to twice the bound the program passes (P6).
 """
 from __future__ import annotations
 
@@ -19,11 +24,15 @@ from .scenario import Scenario
 from .targets import load_target
 from .trace import StepRecorder, Tensors, Trace
 
-PROBES = ("unmanaged", "old_engine")
+PROBES = ("unmanaged", "old_engine", "no_grad_norm", "clip_mismatch")
 
 
 class WorldMismatch(RuntimeError):
     """The rank sees another world than the scenario asked for; training would be silently wrong."""
+
+
+class StackMismatchError(RuntimeError):
+    """The target built another stack than the scenario asked for (ZeRO stage, offload, precision)."""
 
 
 def check_world(accelerator: Any, model: Any, scenario: Scenario, rank: int) -> dict[str, Any]:
@@ -45,6 +54,38 @@ def check_world(accelerator: Any, model: Any, scenario: Scenario, rank: int) -> 
 def _parts(model: Any) -> list[Any]:
     """The prepared modules behind what the loop calls (two models: both)."""
     return list(model.parts.values()) if isinstance(model, ModelParts) else [model]
+
+
+def built_stack(accelerator: Any, model: Any, scenario: Scenario) -> dict[str, Any]:
+    """What the target built, read from the engine DeepSpeed built (its config is what it built from) and from the
+    module's parameters, or from the accelerator off DeepSpeed."""
+    if scenario.is_deepspeed:
+        def read(name: str, default: Any = None) -> Any:
+            method = getattr(model, name, None)
+            return method() if callable(method) else default
+
+        dtype = next((p.dtype for p in model.module.parameters()), None) if hasattr(model, "module") else None
+        return {"zero_stage": int(read("zero_optimization_stage", -1)),
+                "offload": "cpu" if read("zero_cpu_offload", False) else "none",
+                "precision": "bf16" if (read("bfloat16_enabled", False) and dtype == torch.bfloat16)
+                else "fp16" if read("fp16_enabled", False) else "fp32" if dtype == torch.float32 else f"{dtype}"}
+    mixed = str(getattr(accelerator, "mixed_precision", "no"))
+    return {"precision": {"no": "fp32", "bf16": "bf16"}.get(mixed, mixed)}
+
+
+def check_stack(accelerator: Any, model: Any, scenario: Scenario, rank: int) -> dict[str, Any]:
+    """The stack the scenario asked for, or ``StackMismatchError`` naming what was built (the world's process index, count
+    and distributed type are ``check_world``'s)."""
+    built = built_stack(accelerator, model, scenario)
+    wanted: dict[str, Any] = {"precision": scenario.precision}
+    if scenario.is_deepspeed:
+        wanted |= {"zero_stage": scenario.zero_stage, "offload": "cpu" if scenario.offload else "none"}
+    if built != wanted:
+        wrong = ", ".join(f"{key} {built.get(key)} (asked: {value})" for key, value in wanted.items()
+                          if built.get(key) != value)
+        raise StackMismatchError(f"{scenario.id}: rank {rank}: the target built {wrong}; refusing to judge a stack other "
+                            "than the one asked for")
+    return built
 
 
 def _named_parameters(accelerator: Any, model: Any) -> list[tuple[str, torch.nn.Parameter]]:
@@ -176,6 +217,13 @@ def _probe(probe: str | None, scenario: Scenario) -> Iterator[dict[str, Any] | N
     if probe == "unmanaged":
         yield {"managed_gradient_accumulation": False}
         return
+    if probe == "no_grad_norm":
+        zero = backends.deepspeed_config(scenario)["zero_optimization"]
+        yield {"zero_optimization": {**zero, "compute_grad_norm": False}, "gradient_clipping": 0.0}
+        return
+    if probe == "clip_mismatch":
+        yield {"gradient_clipping": 2.0 * (scenario.clip or 1.0)}
+        return
     from deepspeed.runtime.engine import DeepSpeedEngine
 
     hidden = {name: DeepSpeedEngine.__dict__[name] for name in ("set_gradient_accumulation_boundary", "no_sync")
@@ -237,6 +285,8 @@ def run(scenario: Scenario, target: str, rank: int, count_collectives: bool = Fa
         prepared = backends.build(scenario, accelerator_cls, overrides)
         accelerator, model = prepared.accelerator, prepared.model
         trace = Trace(rank=rank, world=check_world(accelerator, model, scenario, rank))
+        if probe is None:  # a probe changes the stack on purpose
+            trace.world["stack"] = check_stack(accelerator, model, scenario, rank)
         trace.facts = stack.facts(scenario.backend, scenario.world_size,
                                   model if scenario.is_deepspeed else None)
         # The weights the first step starts from: in fp32 the seeded model's (the oracle builds them itself; not read
@@ -249,6 +299,7 @@ def run(scenario: Scenario, target: str, rank: int, count_collectives: bool = Fa
                                 lr=lambda: _learning_rate(prepared.optimizers[0]))
         if scenario.is_deepspeed:
             recorder.wrap_engine_step(model)
+            recorder.wrap_clip(accelerator, take_grads=False)  # only what it returns (P6): the engine stepped already
         else:
             recorder.wrap_clip(accelerator)
             for index, optimizer in enumerate(prepared.optimizers):
@@ -266,6 +317,8 @@ def run(scenario: Scenario, target: str, rank: int, count_collectives: bool = Fa
             trace.leftover_grads, trace.leftover_probe = leftover_gradients(session, scenario)
         finally:
             release(accelerator, model)
-    trace.warnings = sorted({f"{w.category.__name__}: {w.message}" for w in caught
-                             if not issubclass(w.category, (DeprecationWarning, FutureWarning))})
+    said = [f"{w.category.__name__}: {w.message}" for w in caught
+            if not issubclass(w.category, (DeprecationWarning, FutureWarning))]
+    trace.warnings = sorted(set(said))
+    trace.warning_counts = {text: said.count(text) for text in trace.warnings}
     return trace

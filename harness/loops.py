@@ -120,7 +120,10 @@ class Run:
                     value = method(optimizer, max_grad_norm=bound)
                 else:
                     value = method(optimizer, part, max_grad_norm=bound)
-                self.trace.returned.setdefault(index, []).append(value)
+                if index in self.trace.returned:
+                    self.trace.returned_more.setdefault(index, []).append(value)
+                else:
+                    self.trace.returned[index] = value
             if scheduler is not None:
                 scheduler.step()
 

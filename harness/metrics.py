@@ -27,7 +27,7 @@ def oracle_errors(traces: Sequence[Trace], local: OracleTrace) -> dict[str, floa
 def curves(traces: Sequence[Trace], free: OracleTrace) -> dict[str, list[float | None]]:
     """What reports plot: rank 0's losses and step norms beside the free-running oracle's."""
     trace = traces[0]
-    returned = [trace.returned[i][0] for i in sorted(trace.returned) if trace.returned[i][0] is not None]
+    returned = [trace.returned[i] for i in sorted(trace.returned) if trace.returned[i] is not None]
     engine = [s.engine_grad_norm for s in trace.steps]
     return {
         "loss": list(trace.losses),

@@ -39,6 +39,12 @@ class OracleStep:
     # Per tensor, the sum over the window's micro-batches of max|micro-batch gradient| (mean over ranks): the scale
     # of the round-off a low-precision run accumulates over the window, even where the gradients cancel in the sum.
     window_scale: dict[str, float] | None = None
+    # Per element, the sum of the magnitudes of the terms that make the averaged gradient: Σ over the window's
+    # micro-batches and the ranks of |micro-batch gradient| / world size (the error analysis of the tolerances).
+    terms: Tensors | None = None
+    # The terms themselves: micro-batch index -> each rank's gradient of it (loss scaled as the step's, not averaged;
+    # float32 copies): what synthetic faults add or take away (properties/faults.py), never recomputed.
+    micro_grads: dict[int, list[Tensors]] = field(default_factory=dict)
     # Pre-clip norm of each part's gradients, in the order of its optimizers (one part: the global norm): what
     # optimizer_step_and_zero_grad(optimizer_k, model_k) returns.
     part_norms: list[float] = field(default_factory=list)
@@ -52,6 +58,11 @@ class OracleTrace:
     # Per tensor, the sum over the leftover's micro-batches of max|micro-batch gradient| (largest over ranks): the
     # scale of the round-off a low-precision run accumulates there (see OracleStep.window_scale).
     leftover_scale: dict[str, float] = field(default_factory=dict)
+    # [rank], per element: the sum of the magnitudes of the terms that make each rank's leftover (OracleStep.terms).
+    leftover_terms: list[Tensors] = field(default_factory=list)
+    # micro-batch index -> each rank's gradient of it (float32), for the micro-batches the leftover holds (as
+    # OracleStep.micro_grads)
+    leftover_micro_grads: dict[int, list[Tensors]] = field(default_factory=dict)
 
     @property
     def final_params(self) -> Tensors:
@@ -185,27 +196,41 @@ def _mean(per_rank: list[Tensors]) -> Tensors:
 
 
 def _leftover(run: _Float64Run, expectation: Expectation, start: int, count: int, world: int,
-              probe: int | None) -> tuple[list[Tensors], dict[str, float]]:
+              probe: int | None) -> tuple[list[Tensors], dict[str, float], list[Tensors], dict[int, list[Tensors]]]:
     """What each rank reads after the program: the gradients of the micro-batches after the last step, each rank's
     own until a micro-batch reduces them (DDP all-reduces everything accumulated so far), averaged at a ZeRO 1-3
-    probe micro-batch, which adds its own gradient at a boundary."""
+    probe micro-batch, which adds its own gradient at a boundary. Also, per rank and element, the sum of the
+    magnitudes of those terms (reduced the same way), and each micro-batch's gradients."""
     local: list[Tensors] = [{name: torch.zeros_like(p) for name, p in run.named} for _ in range(world)]
+    terms: list[Tensors] = [{name: torch.zeros_like(p) for name, p in run.named} for _ in range(world)]
     scale: dict[str, float] = {name: 0.0 for name, _ in run.named}
+    micro: dict[int, list[Tensors]] = {}
 
-    def added(m: int) -> list[Tensors]:
+    def added(m: int) -> None:
+        nonlocal local, terms
         grads = [run.gradient(r, m)[1] for r in range(world)]
+        micro[m] = [{name: g.float() for name, g in rank.items()} for rank in grads]
         for name in scale:
             scale[name] += max((float(g[name].abs().max()) if g[name].numel() else 0.0) for g in grads)
-        return [_add(local[r], grads[r]) for r in range(world)]
+        local = [_add(local[r], grads[r]) for r in range(world)]
+        terms = [_add(terms[r], _magnitude(grads[r])) for r in range(world)]
+
+    def reduced() -> None:
+        nonlocal local, terms
+        local, terms = [_mean(local)] * world, [_mean(terms)] * world
 
     for m in range(start, count):
-        local = added(m)
+        added(m)
         if expectation.micro_batches[m].reduces:
-            local = [_mean(local)] * world
+            reduced()
     if probe is not None:
-        local = added(probe)
-        local = [_mean(local)] * world
-    return local, scale
+        added(probe)
+        reduced()
+    return local, scale, terms, micro
+
+
+def _magnitude(grads: Tensors) -> Tensors:
+    return {name: g.abs() for name, g in grads.items()}
 
 
 def _played(expectation: Expectation) -> int:
@@ -235,8 +260,8 @@ def expected(scenario: Scenario, expectation: Expectation, probe: int | None = N
         run.advance(mb.scheduler_steps)
         if mb.discards:  # a zero_grad() at the end of the micro-batch: what accumulated so far is gone
             accumulated, window_start = [None] * world, m + 1
-    trace.leftover, trace.leftover_scale = _leftover(run, expectation, expectation.leftover_start,
-                                                     _played(expectation), world, probe)
+    trace.leftover, trace.leftover_scale, trace.leftover_terms, trace.leftover_micro_grads = _leftover(
+        run, expectation, expectation.leftover_start, _played(expectation), world, probe)
     return trace
 
 
@@ -259,16 +284,22 @@ def teacher_forced(scenario: Scenario, expectation: Expectation, trace: Trace, p
         run.load(before)
         per_rank: list[Tensors | None] = [None] * world
         magnitude: dict[str, float] = {}
+        terms: Tensors | None = None
+        micro_grads: dict[int, list[Tensors]] = {}
         # Every micro-batch since the last step: those a zero_grad() discarded give their losses (at the same weights)
         # and their lr sets and scheduler steps, but no gradient to the window.
         for m in range(previous_end, steps[k] + 1):
             run.set_lr(micro[m], "before_forward")
+            if m in window:
+                micro_grads[m] = []
             for r in range(world):
                 loss, grads = run.gradient(r, m)
                 out.losses[r].append(loss)
                 if m not in window:
                     continue
+                micro_grads[m].append({name: g.float() for name, g in grads.items()})
                 per_rank[r] = _add(per_rank[r], grads)
+                terms = _add(terms, {name: g.abs() / world for name, g in grads.items()})
                 for name, g in grads.items():
                     magnitude[name] = magnitude.get(name, 0.0) + (float(g.abs().max()) / world if g.numel() else 0.0)
             if m != steps[k]:
@@ -285,7 +316,8 @@ def teacher_forced(scenario: Scenario, expectation: Expectation, trace: Trace, p
             _, lr = run.step(recorded, mb.clip, run.unused(window))
             params = run.snapshot()
         run.advance(mb.scheduler_steps)
-        out.steps.append(OracleStep(steps[k], norm, averaged, params, lr, magnitude, run.part_norms(averaged)))
+        out.steps.append(OracleStep(steps[k], norm, averaged, params, lr, magnitude, terms, micro_grads,
+                                    run.part_norms(averaged)))
         before = trace.steps[k].params
     end = steps[len(out.steps) - 1] + 1 if out.steps else 0
     if len(out.steps) == len(windows) and trace.final_params:
@@ -293,6 +325,6 @@ def teacher_forced(scenario: Scenario, expectation: Expectation, trace: Trace, p
         for m in range(end, _played(expectation)):
             for r in range(world):
                 out.losses[r].append(float(run.losses(r, m)[0].detach()))
-        out.leftover, out.leftover_scale = _leftover(run, expectation, max(end, expectation.leftover_start),
-                                                     _played(expectation), world, probe)
+        out.leftover, out.leftover_scale, out.leftover_terms, out.leftover_micro_grads = _leftover(
+            run, expectation, max(end, expectation.leftover_start), _played(expectation), world, probe)
     return out

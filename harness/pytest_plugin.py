@@ -5,7 +5,8 @@ and the report written at the end is the runner's, so ``pytest conformance`` and
 selection give the same verdicts.
 
 Options: --accumgate-target, --accumgate-profile, --accumgate-backends, --accumgate-xfails,
---accumgate-report-dir, --accumgate-timeout, --accumgate-shard (environment: ACCUMGATE_TARGET, ACCUMGATE_PROFILE, ...).
+--accumgate-no-known-bugs, --accumgate-report-dir, --accumgate-timeout, --accumgate-shard (environment:
+ACCUMGATE_TARGET, ACCUMGATE_PROFILE, ...).
 """
 from __future__ import annotations
 
@@ -35,7 +36,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="scenario set (default ci: every pair of axis values, plus the batch-split groups)")
     group.addoption("--accumgate-backends", default=env("ACCUMGATE_BACKENDS"),
                     help="comma-separated backends; the profile is generated for these alone (pairwise within them)")
-    group.addoption("--accumgate-xfails", default=env("ACCUMGATE_XFAILS"), help="known failures file")
+    group.addoption("--accumgate-xfails", action="append", default=[x for x in [env("ACCUMGATE_XFAILS")] if x],
+                    help="a vendor's own known failures, added to the shipped known upstream bugs (repeatable)")
+    group.addoption("--accumgate-no-known-bugs", action="store_true",
+                    default=env("ACCUMGATE_NO_KNOWN_BUGS", "") not in ("", "0", "false"),
+                    help="judge everything: apply none of the known upstream bugs shipped with accumgate")
     group.addoption("--accumgate-report-dir", default=env("ACCUMGATE_REPORT_DIR"),
                     help="write results.json, junit.xml and summary.md here at session end")
     group.addoption("--accumgate-shard", default=env("ACCUMGATE_SHARD"), metavar="K/N",
@@ -47,6 +52,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="per-scenario timeout in seconds")
     group.addoption("--accumgate-programs", type=int, default=int(env("ACCUMGATE_PROGRAMS", "20")),
                     help="generated programs per backend (derandomized; default 20, the programs env 150)")
+    group.addoption("--accumgate-floors", default=env("ACCUMGATE_FLOORS"),
+                    help="floors of verdicts per env and property (default conformance/floors.toml)")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -54,14 +61,21 @@ def pytest_configure(config: pytest.Config) -> None:
     for name in sorted(registered_markers()):
         config.addinivalue_line("markers", f"{name}: scenario axis marker added by the accumgate plugin")
     from .targets import TargetError, target_path
-    from .xfails import XfailsError, load
+    from .xfails import XfailsError, for_run
 
     try:
-        target_path(config.getoption("accumgate_target"))
-        xfails_path = config.getoption("accumgate_xfails")
-        config._accumgate_xfails = load(xfails_path) if xfails_path else []  # type: ignore[attr-defined]
+        target = config.getoption("accumgate_target")
+        target_path(target)
+        config._accumgate_xfails, config._accumgate_xfails_said = for_run(  # type: ignore[attr-defined]
+            target, config.getoption("accumgate_xfails") or [], not config.getoption("accumgate_no_known_bugs"))
     except (TargetError, XfailsError) as exc:
         raise pytest.UsageError(str(exc)) from exc
+    _refuse_programs_below_floor(config)
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    """Once per session: which known upstream bugs (and whose lines) this run excuses."""
+    return [f"accumgate: {line}" for line in getattr(config, "_accumgate_xfails_said", [])]
 
 
 def _backends(config: pytest.Config) -> Iterable[str]:
@@ -176,8 +190,98 @@ def markers_of(scenario: Scenario) -> set[str]:
 _SESSION: dict[str, object] = {}
 
 
+# ------------------------------------------------------------------------------ no silent shrinking (issue 21)
+def _floors(config: pytest.Config):
+    from .floors import DEFAULT_PATH, FloorsError, load
+
+    path = config.getoption("accumgate_floors") or DEFAULT_PATH
+    try:
+        return load(Path(path))
+    except FloorsError as exc:
+        raise pytest.UsageError(f"--accumgate-floors: {exc}") from exc
+
+
+def _selected_env(config: pytest.Config):
+    """The env of floors.toml this session's selection is (backends and pytest paths), or None."""
+    from .floors import env_of
+
+    option = config.getoption("accumgate_backends")
+    backends = None if not option else [b.strip() for b in option.split(",") if b.strip()]
+    paths = [str(Path(arg).resolve().relative_to(config.rootpath)) if Path(arg).exists() else arg
+             for arg in config.args]
+    return env_of(_floors(config), backends, paths)
+
+
+def _narrowed_by(config: pytest.Config) -> str | None:
+    """Why this session is not a full run of its env (then its counts are not held to the floors), or None."""
+    option = config.option
+    reasons = [(getattr(option, "keyword", ""), "-k"), (getattr(option, "markexpr", ""), "-m"),
+               (getattr(option, "deselect", None), "--deselect"), (getattr(option, "lf", False), "--last-failed"),
+               (config.getoption("accumgate_shard", None), "--accumgate-shard"),
+               (config.getoption("accumgate_profile") != "ci", f"--accumgate-profile {config.getoption('accumgate_profile')}"),
+               (config.getoption("accumgate_target") == "native", "--accumgate-target native (the negative control)")]
+    named = [flag for value, flag in reasons if value]
+    return ", ".join(named) or None
+
+
+def _refuse_programs_below_floor(config: pytest.Config) -> None:
+    """In CI (the CI variable set) an env's program budget below its floor is a usage error, not a smaller suite."""
+    if not os.environ.get("CI"):
+        return
+    env = _selected_env(config)
+    budget = config.getoption("accumgate_programs")
+    if env is not None and budget < env.programs:
+        raise pytest.UsageError(f"--accumgate-programs / ACCUMGATE_PROGRAMS={budget} is below {env.name}'s floor of "
+                                f"{env.programs} generated programs per backend (conformance/floors.toml): CI refuses "
+                                "a smaller suite")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """A full env run whose verdicts per property fall below the committed floors fails (printed in the summary)."""
+    runner = _SESSION.get("runner")
+    config = session.config
+    if os.environ.get("PYTEST_XDIST_WORKER") or getattr(config, "workerinput", None) is not None:
+        return
+    env = _selected_env(config)
+    if env is None:
+        if runner is not None:
+            _SESSION["floors"] = ("exempt", "no env of conformance/floors.toml selects these backends and paths: "
+                                            "verdict counts not checked")
+        return
+    narrowed = _narrowed_by(config)
+    if narrowed:
+        _SESSION["floors"] = ("exempt", f"{env.name}, narrowed by {narrowed}: verdict counts not checked")
+        return
+    if getattr(config.option, "numprocesses", None):
+        _SESSION["floors"] = ("exempt", f"{env.name} under xdist: each worker judges a share; counts not checked")
+        return
+    from .floors import is_named, shortfalls
+    from .properties import CODES
+
+    counts: dict[str, int] = {}
+    for scenario, code in (runner._verdicts if runner is not None else {}):
+        if is_named(scenario):
+            counts[code] = counts.get(code, 0) + 1
+    lacking = shortfalls(env, counts, CODES)
+    if lacking:
+        _SESSION["floors"] = ("fail", f"{env.name}: the suite shrank below conformance/floors.toml: " + "; ".join(lacking))
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    elif env.verdicts:
+        _SESSION["floors"] = ("ok", f"{env.name}: {sum(counts.values())} named verdicts, every property at or above "
+                                    "its floor")
+
+
+def _report_floors(terminalreporter) -> None:
+    verdict = _SESSION.pop("floors", None)
+    if verdict is not None:
+        kind, text = verdict
+        terminalreporter.write_line(f"accumgate floors: {text}", red=kind == "fail", bold=kind == "fail")
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
     """One line on where the session's time went (the runner's own account): people tuning a run want it."""
+    _report_floors(terminalreporter)
     runner = _SESSION.get("runner")
     if runner is None:
         return
@@ -252,7 +356,8 @@ def check(runner, scenario: Scenario, code: str) -> None:
     shown = "\n".join(d["message"] for d in verdict.deviations)
     more = f"\n… and {verdict.deviation_count - len(verdict.deviations)} more" \
         if verdict.deviation_count > len(verdict.deviations) else ""
-    pytest.fail(f"{verdict.deviation_count} deviation(s):\n{shown}{more}", pytrace=False)
+    known = f"\n{verdict.known}" if verdict.known else ""  # a known bug's line that no longer covers the failure
+    pytest.fail(f"{verdict.deviation_count} deviation(s):\n{shown}{more}{known}", pytrace=False)
 
 
 def _subject(scenario: Scenario):

@@ -1,9 +1,11 @@
 """Known-bug replay: run the catalogue's scenarios on the installed versions and say, per bug, whether an affected
 version shows the bug where the catalogue says it must and whether a fixed version passes.
 
-The catalogue is data (``conformance/known_bugs.toml``); this module only reads it, decides each bug's role for
-the installed versions, runs through the ordinary ``Runner`` (no xfails: the raw outcome is the point) and turns
-outcomes into verdicts. ``replay.json`` files from many envs merge into one table: bug → affected → fixed.
+The catalogue is data shipped with the package (``harness/known_bugs/catalogue.toml``); this module only reads it,
+decides each bug's role for the installed versions, runs through the ordinary ``Runner`` (no xfails: the raw outcome
+is the point) and turns outcomes into verdicts. ``replay.json`` files from many envs merge into one table: bug →
+affected → fixed. A bug may name its signature (``P2:param``): then an affected version reproduces it only where the
+deviations lie inside it, as the xfails line that excuses it says.
 """
 from __future__ import annotations
 
@@ -16,19 +18,18 @@ from typing import Any, Iterable, Mapping
 
 from .results import write_atomic
 from .scenario import Scenario
-from .xfails import installed_versions, requirements_met
+from .xfails import SHIPPED, installed_versions, parse, requirements_met
 
-CATALOGUE_IN_CHECKOUT = Path("conformance") / "known_bugs.toml"
+CATALOGUE = SHIPPED / "catalogue.toml"
 
 
 def default_catalogue() -> Path:
-    """The checkout's catalogue (the CLI runs from the repository root; tox passes the path explicitly); the
-    installed wheel carries ``harness`` but not ``conformance/``."""
-    here = Path(__file__).resolve().parent.parent / CATALOGUE_IN_CHECKOUT
-    return CATALOGUE_IN_CHECKOUT if CATALOGUE_IN_CHECKOUT.is_file() else here
+    """The catalogue shipped inside the package (the same file in a checkout and in an installed wheel)."""
+    return CATALOGUE
 SCHEMA = "accumgate.replay"
 # Verdicts: what a row says. The first two are the catalogue holding; the rest need a person.
 GOOD_VERDICTS = ("reproduced", "fixed", "not reproducible here", "fixed; other fail", "fixed; other error")
+# "reproduced beyond its signature": the bug shows, and more than its xfails line excuses (the line must grow).
 
 
 class CatalogueError(ValueError):
@@ -49,6 +50,9 @@ class KnownBug:
     why_not: str = ""
     seeds: int = 1  # an intermittent bug is run under this many seeds: reproduced if any shows it
     seeds_when_fixed: int = 1  # on a fixed version: a pass of the race this many times says "fixed" (cheaper)
+    signature: str = ""  # "P2:param": what the bug makes deviate (xfails grammar); empty: any deviation of `expect`
+    repro: str = ""  # a standalone upstream-only script that shows it (repository path), for its thread
+    status: str = "fixed"  # "open" when no release fixes it (then `fixed` is empty and no version is "fixed")
 
     @property
     def code(self) -> str:
@@ -63,9 +67,15 @@ class KnownBug:
         """``affected``, ``fixed`` or ``neither`` for these installed versions."""
         if requirements_met(self.affected, versions):
             return "affected"
-        if requirements_met(self.fixed, versions):
+        if self.fixed and requirements_met(self.fixed, versions):
             return "fixed"
         return "neither"
+
+    def signature_items(self) -> list:
+        """The signature as xfails items (empty: any deviation of the expected property)."""
+        if not self.signature:
+            return []
+        return list(parse(f"* {self.signature} [*] {self.id}", f"catalogue {self.id}")[0].items)
 
 
 def _split(text: str) -> tuple[str, ...]:
@@ -87,13 +97,19 @@ def load(path: str | Path | None = None) -> list[KnownBug]:
             for key in ("affected", "fixed"):
                 for text in _split(entry[key]):
                     Requirement(text)
+            status = entry.get("status", "fixed")
+            if status not in ("fixed", "open") or (status == "open") != (not _split(entry["fixed"])):
+                raise ValueError(f"status {status!r} with fixed {entry['fixed']!r}: an open bug has no fixed versions "
+                                 "(fixed = \"\"), a fixed one names them")
             scenarios = tuple(Scenario(**{"world_size": 1 if axes.get("backend") == "single" else 2} | axes)
                               for axes in entry["scenarios"])
             bugs.append(KnownBug(
                 id=entry["id"], title=entry["title"], affected=_split(entry["affected"]), fixed=_split(entry["fixed"]),
                 fixed_in=entry["fixed_in"], target=entry["target"], expect=entry["expect"], scenarios=scenarios,
                 reproducible=entry.get("reproducible", True), why_not=entry.get("why_not", ""),
-                seeds=int(entry.get("seeds", 1)), seeds_when_fixed=int(entry.get("seeds_when_fixed", 10))))
+                seeds=int(entry.get("seeds", 1)), seeds_when_fixed=int(entry.get("seeds_when_fixed", 10)),
+                signature=entry.get("signature", ""), repro=entry.get("repro", ""), status=status))
+            bugs[-1].signature_items()  # a malformed signature is the catalogue's error, said now
         except KeyError as exc:
             raise CatalogueError(f"{path}: {name}: missing key {exc}") from exc
         except (InvalidRequirement, TypeError, ValueError) as exc:
@@ -113,13 +129,18 @@ class ReplayRow:
     versions: dict[str, str | None] = field(default_factory=dict)
 
 
-def shows_expected(expect: str, outcome: Any) -> bool:
-    """Whether an outcome (``results.Outcome``) shows the bug the way the catalogue says it must."""
+def shows_expected(expect: str, outcome: Any, items: list | None = None) -> bool:
+    """Whether an outcome (``results.Outcome``) shows the bug the way the catalogue says it must: the property fails,
+    and where the bug names its signature (``items``), every deviation lies inside it."""
     if expect.startswith("error:"):
         text = expect.removeprefix("error:").strip()
         return outcome.outcome == "error" and any(text in tb for tb in outcome.errors.values())
     code = expect.split()[0]
-    return outcome.outcome == "fail" and any(v.code == code and v.raw == "fail" for v in outcome.properties.values())
+    failing = [v for v in outcome.properties.values() if v.code == code and v.raw == "fail"]
+    if not items:
+        return bool(failing)
+    return any(v.signature and all(any(i.covers(code, key, v.reason) for i in items) for key in v.signature)
+               for v in failing)
 
 
 def what_it_shows(outcome: Any) -> str:
@@ -129,7 +150,8 @@ def what_it_shows(outcome: Any) -> str:
         last = text.strip().splitlines()
         return last[-1][:160] if last else "error"
     if outcome.outcome == "fail":
-        return ", ".join(v.name for v in outcome.properties.values() if v.raw == "fail")
+        return ", ".join(f"{v.name} ({', '.join(sorted(v.signature))})" if v.signature else v.name
+                         for v in outcome.properties.values() if v.raw == "fail")
     return outcome.reason or ""
 
 
@@ -137,11 +159,14 @@ def verdict(bug: KnownBug, role: str, outcome: Any) -> str:
     """On an affected version the bug must show as the catalogue says; on a fixed version it must not show.
     A fixed version failing some *other* way says so ("fixed; other fail"): the conformance run reports that
     failure under its own name, and it does not make the bug unfixed."""
+    items = bug.signature_items()
     if role == "affected":
         if not bug.reproducible:
             return "not reproducible here"
-        if shows_expected(bug.expect, outcome):
+        if shows_expected(bug.expect, outcome, items):
             return "reproduced"
+        if items and shows_expected(bug.expect, outcome):
+            return "reproduced beyond its signature"
         return "NOT reproduced" if outcome.outcome == "pass" else f"other {outcome.outcome}"
     if outcome.outcome == "pass":
         return "fixed"
@@ -176,7 +201,7 @@ def replay(bugs: Iterable[KnownBug], backends: Iterable[str] | None = None,
                             next((k for k, o in enumerate(outcomes) if o.outcome != "pass"), 0))
                 shows = what_it_shows(outcomes[pick])
                 if seeds > 1:
-                    struck = sum(shows_expected(bug.expect, o) for o in outcomes)
+                    struck = sum(shows_expected(bug.expect, o, bug.signature_items()) for o in outcomes)
                     shows = f"{struck}/{seeds} seeds show it" + (f"; {shows}" if shows else "")
                 rows.append(ReplayRow(bug.id, scenario.id, bug.target, role, outcomes[pick].outcome, shows,
                                       verdicts[pick], versions))
@@ -223,7 +248,10 @@ def table(bugs: list[KnownBug], rows: list[ReplayRow]) -> list[dict[str, str]]:
             seen = sorted({f"{_pair(r.versions, bug)}: {r.scenario.split('-')[0]} {r.outcome} → {r.verdict}"
                            for r in mine if r.role == role})
             cells[role] = "; ".join(seen) if seen else "not run"
-        out.append({"bug": bug.id, "title": bug.title, "expect": bug.expect, "fixed_in": bug.fixed_in,
-                    "affected": cells["affected"], "fixed": cells["fixed"],
-                    "note": "" if bug.reproducible else bug.why_not})
+        if bug.status == "open" and cells["fixed"] == "not run":
+            cells["fixed"] = "no fixed release (open)"
+        out.append({"bug": bug.id, "title": bug.title, "expect": bug.expect + (f" ({bug.signature})" if bug.signature
+                                                                                else ""),
+                    "fixed_in": bug.fixed_in, "affected": cells["affected"], "fixed": cells["fixed"],
+                    "note": "" if bug.reproducible else bug.why_not, "repro": bug.repro, "status": bug.status})
     return out

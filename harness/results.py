@@ -39,6 +39,19 @@ class Verdict:
     reason: str | None = None  # why the run gave no evidence (error, unsupported)
     known: str | None = None  # the xfails line that judged it (xfail, xpass, or a nonstrict pass)
     raw: str | None = None  # what the run measured before any xfails line judged it (pass, fail, error, unsupported)
+    # What the run showed, by quantity (and step): {"param@2": 3, "loss": 1}, or {"error": 1}; every deviation
+    # counted, not only the ones kept. An xfails line excuses a signature; the gate compares them (xfails.signature).
+    signature: dict[str, int] = field(default_factory=dict)
+    # Worst |Δ| ÷ tolerance over every tolerance-bound comparison the verdict made, passes included (0.0: everything
+    # compared was exactly equal; None: nothing tolerance-bound was compared).
+    margin: float | None = None
+    # [where, margin] per location compared ("step 2 of 4"), in order, the worst over tensors and ranks there.
+    margins: list[list] = field(default_factory=list)
+    # The synthetic faults the property declared for this scenario, and those the re-judging of the recorded runs caught
+    # (None: results written before verdicts recorded them; reports say "proof —" rather than "none declared").
+    faults: list[str] | None = None
+    proven: list[str] | None = None
+    notes: list[str] = field(default_factory=list)  # what was not compared, and the named fact that says why
 
     @property
     def bad(self) -> bool:

@@ -7,12 +7,13 @@ style with the same steps).
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Iterable, Sequence
 
 from . import metrics, oracle
-from .compare import Deviation
+from .compare import Deviation, DeviationSeen, first_deviation_stops, ledger
 from .models import parts_of
 from .programs.model import Expectation, Facts, InvalidProgram, expect
 from .properties import CODES, REGISTRY, SUBJECT, Evidence, Need, NotDecided, Property, applicable
@@ -21,9 +22,19 @@ from .properties.communication import applies as communication_applies
 from .results import SEVERITY, Outcome, RunResults, Verdict, environment, worst
 from .scenario import Scenario
 from .world import JobResult, World
-from .xfails import Xfail, judge, match
+from .xfails import Xfail, judge, signature
 
 MAX_DEVIATIONS_KEPT = 8
+
+
+def _key(deviation: Deviation) -> str:
+    """A deviation's key in a verdict's signature (``param@2``)."""
+    return next(iter(signature([(deviation.tensor, deviation.where)])))
+
+
+def _finite(margin: float | None) -> float | None:
+    """results.json stays strict JSON: a margin no tolerance could hold (a missing tensor) is written as 1e308."""
+    return None if margin is None else (margin if math.isfinite(margin) else 1e308)
 
 
 class WorldPool:
@@ -74,6 +85,7 @@ class Runner:
         self.pool = pool or WorldPool(job_timeout_s)
         self.count_collectives = count_collectives
         self._jobs: dict[_RunKey, JobResult] = {}
+        self._before: dict[_RunKey, JobResult] = {}  # a follow-up's key -> the run made right before it
         self._expectations: dict[tuple, Expectation] = {}
         self._free: dict[tuple, oracle.OracleTrace] = {}
         self._local: dict[tuple, oracle.OracleTrace] = {}
@@ -84,6 +96,10 @@ class Runner:
 
     def _timed(self, what: str, started: float) -> None:
         self.timings[what] = self.timings.get(what, 0.0) + time.perf_counter() - started
+
+    def _computing(self) -> float:
+        """Seconds spent so far in the model and the oracles (what a self-proof may trigger but is not its cost)."""
+        return sum(v for k, v in self.timings.items() if k == "model" or k.startswith("oracle"))
 
     # -- runs -----------------------------------------------------------------------------------------------
     def job(self, need: Need) -> JobResult:
@@ -97,8 +113,8 @@ class Runner:
             # upstream's run, which P3 compares by its bytes).
             counting = (self.count_collectives and need.probe is None and need.after is None and key.target == self.target
                         and communication_applies(need.scenario))
-            if need.after is not None:
-                self.pool.run(need.after, key.target)
+            if need.after is not None:  # its own outcome is evidence too (P8-leak): kept, never discarded
+                self._before[key] = self.pool.run(need.after, key.target)
             starts = getattr(self.pool, "start_seconds", lambda: 0.0)()
             # A probe is meant to make the target refuse by name: such a clean refusal need not cost a world.
             self._jobs[key] = self.pool.run(need.scenario, key.target, count_collectives=counting,
@@ -146,7 +162,9 @@ class Runner:
     def evidence(self, scenario: Scenario, prop: Property) -> Evidence:
         needs = {need.role: need for need in prop.needs(scenario)}
         results = {role: self.job(need) for role, need in needs.items()}
-        return Evidence(scenario, needs, results, self.expectation, self.free_oracle, self.local_oracle)
+        before = {role: self._before[key] for role, need in needs.items()
+                  if (key := _RunKey(need.scenario, need.target or self.target, need.probe, need.after)) in self._before}
+        return Evidence(scenario, needs, results, self.expectation, self.free_oracle, self.local_oracle, before)
 
     def verdict(self, scenario: Scenario, code: str) -> Verdict:
         key = (scenario, code)
@@ -156,19 +174,64 @@ class Runner:
 
     def _decide(self, scenario: Scenario, prop: Property) -> Verdict:
         reason = None
-        try:
-            found: list[Deviation] = prop.judge(scenario, self.evidence(scenario, prop))
-            raw = "fail" if found else "pass"
-        except NotDecided as undecided:
-            found, raw, reason = [], undecided.outcome, undecided.reason
-        except InvalidProgram as invalid:
-            found, raw, reason = [], "error", f"the harness built an invalid program: {invalid}"
-        known = match(self.xfails, scenario.id, prop.code)
-        outcome, _ = judge(raw, known)
-        return Verdict(prop.code, prop.name, outcome,
+        faults: list[str] = []
+        proven: list[str] = []
+        with ledger() as book:
+            try:
+                evidence = self.evidence(scenario, prop)
+                found: list[Deviation] = prop.judge(scenario, evidence)
+                raw = "fail" if found else "pass"
+            except NotDecided as undecided:
+                found, raw, reason = [], undecided.outcome, undecided.reason
+            except InvalidProgram as invalid:
+                found, raw, reason = [], "error", f"the harness built an invalid program: {invalid}"
+        if raw == "pass":
+            started, computed = time.perf_counter(), self._computing()
+            faults, proven, reason = self._prove(scenario, prop, evidence)
+            # An oracle first needed by a fault (a P1 verdict judges bytes, its faults need the oracle) is the oracle's.
+            self._timed("self-proof", started + (self._computing() - computed))
+            if reason is not None:
+                raw = "error"
+        # -- xfails: a line excuses its bug's signature (quantities, steps), nothing else of the verdict -----------
+        shown = signature(((d.tensor, d.where) for d in found), raw)
+        judged = judge(self.xfails, scenario.id, prop.code, raw, shown, reason)
+        if judged.beyond:  # the known failure changed: show first what lies outside every line's signature
+            inside = [any(line.excuses(prop.code, _key(d), reason) for line in judged.lines) for d in found]
+            found = [d for d, known in zip(found, inside) if not known] + [d for d, known in zip(found, inside) if known]
+        # -- end of xfails ------------------------------------------------------------------------------------------
+        return Verdict(prop.code, prop.name, judged.outcome,
                        [{"prop": d.prop, "where": d.where, "tensor": d.tensor, "message": d.message()}
-                        for d in found[:MAX_DEVIATIONS_KEPT]], len(found), reason,
-                       known.text() if known else None, raw)
+                        for d in found[:MAX_DEVIATIONS_KEPT]], len(found), reason, judged.known, raw, signature=shown,
+                       margin=_finite(book.worst), margins=[[where, _finite(m)] for where, m in book.as_list()],
+                       faults=faults, proven=proven, notes=list(book.notes))
+
+    def _prove(self, scenario: Scenario, prop: Property, evidence: Evidence
+               ) -> tuple[list[str], list[str], str | None]:
+        """Every pass proves something (DESIGN §4): the property re-judges the recorded runs with each synthetic fault
+        of its kind (``properties/faults.py``) and says which it caught. (faults, proven, why the pass is not one)."""
+        try:
+            declared = prop.faults(scenario, evidence)
+        except NotDecided:
+            declared = []
+        except Exception as exc:  # the harness's bug: said, never a pass
+            return [], [], f"self-proof: declaring the faults raised {type(exc).__name__}: {exc}"
+        proven = []
+        for fault in declared:
+            try:
+                with first_deviation_stops():
+                    caught = bool(prop.judge(scenario, fault.evidence()))
+            except (DeviationSeen, NotDecided):
+                caught = True
+            except Exception as exc:  # a fault the judge cannot digest is the harness's bug: said, never a pass
+                return [f.name for f in declared], proven, (f"self-proof: re-judging {fault.name!r} raised "
+                                                            f"{type(exc).__name__}: {exc}")
+            if caught:
+                proven.append(fault.name)
+        names = [f.name for f in declared]
+        if names and not proven:
+            shown = "; ".join(names[:4]) + ("; …" if len(names) > 4 else "")
+            return names, proven, f"vacuous: none of {len(names)} synthetic faults caught ({shown})"
+        return names, proven, None
 
     def verdicts(self, scenario: Scenario) -> dict[str, Verdict]:
         return {prop.code: self.verdict(scenario, prop.code) for prop in applicable(scenario, self.target)}

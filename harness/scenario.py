@@ -629,8 +629,9 @@ SENTINELS = Path(__file__).resolve().parent / "programs" / "sentinels.json"
 
 def sentinels(backends: Iterable[str] = BACKENDS) -> list[Scenario]:
     """The shrunk programs that caught each mutant of tests/mutants when the explorer last ran them
-    (benchmarks/explore_mutants.py writes them, package data): every profile replays them, so a bug the explorer once
-    found on a backend is looked for by every run on it, the CLI's bare default included."""
+    (benchmarks/explore_mutants.py writes them, package data): the quick profile (the CLI's bare default) runs them,
+    and every exploration replays them first (with the corpus), so a bug the explorer once found on a backend is
+    looked for by every run on it."""
     if not SENTINELS.exists():
         return []
     keep = set(backends)
@@ -642,36 +643,40 @@ def sentinels(backends: Iterable[str] = BACKENDS) -> list[Scenario]:
     return out
 
 
+def leaving_runs(backends: Iterable[str] = BACKENDS) -> list[Scenario]:
+    """The runs P8-leak's follow-ups come after (``set_boundary`` over ``forced4264`` ends with the override True
+    set), judged as scenarios of their own: a follow-up after a run that trains wrong or crashes proves nothing."""
+    keep = set(backends)
+    return [Scenario(b, "set_boundary", "forced4264", world_size=1 if b == "single" else 2) for b in BACKENDS if b in keep]
+
+
 def profile(name: str, backends: Iterable[str] = BACKENDS) -> list[Scenario]:
-    """The scenarios of a profile: quick as it is; ci and full add the batch-split groups P10 compares and the client
-    programs, so that every property has its scenarios in the one list both faces run; full also the live scenarios;
-    live is those alone."""
+    """The scenarios of a profile: quick as it is; ci and full add the batch-split groups P10 compares, the client
+    programs and the runs P8-leak's follow-ups come after, so that every property has its scenarios in the one list
+    both faces run; full also the live scenarios; live is those alone."""
     if name not in PROFILE_BUILDERS:
         raise ValueError(f"--profile {name!r}: expected one of {', '.join(PROFILES)}")
     chosen = PROFILE_BUILDERS[name](backends)
     if name == "live":
         return chosen
-    seen = set(chosen)
-    chosen += [s for s in sentinels(backends) if s not in seen and not seen.add(s)]
+    if name == "quick":  # the other profiles' explorer runs replay the sentinels first (explore.load_corpus)
+        seen = set(chosen)
+        chosen += [s for s in sentinels(backends) if s not in seen and not seen.add(s)]
     if name != "quick":
         seen = set(chosen)
-        chosen += [s for s in split_groups(backends) + clients(backends) + shapes(backends)
-                   + (live(backends) if name == "full" else [])
-                   if s not in seen and not seen.add(s)]
+        extra = (split_groups(backends) + clients(backends) + leaving_runs(backends) + shapes(backends)
+                 + (live(backends) if name == "full" else []))
+        chosen += [s for s in extra if s not in seen and not seen.add(s)]
     return chosen
 
 
 def select(scenarios: Iterable[Scenario], expression: str | None) -> list[Scenario]:
-    """``-k`` with pytest's own expression syntax (``ds3 and not kwarg``): a name matches as a substring of
-    the id, case-insensitively, exactly as ``pytest -k`` matches test ids."""
+    """``-k`` with pytest's expression syntax (``ds3 and not kwarg``): a name matches as a substring of the id,
+    case-insensitively, as ``pytest -k`` matches test ids (harness/keywords.py)."""
     scenarios = list(scenarios)
     if not expression:
         return scenarios
-    from _pytest.mark.expression import Expression
+    from .keywords import compile_expression
 
-    compiled = Expression.compile(expression)
-
-    def matches(scenario_id: str) -> bool:
-        return compiled.evaluate(lambda name, *_args, **_kwargs: name.lower() in scenario_id)
-
-    return [s for s in scenarios if matches(s.id.lower())]
+    matches = compile_expression(expression)
+    return [s for s in scenarios if matches(s.id)]

@@ -47,26 +47,13 @@ def profile_scenarios(profile_name: str, backends: tuple[str, ...]) -> list[Scen
 
 
 def sampled_programs(backends: tuple[str, ...], per_backend: int) -> list[Scenario]:
-    """``per_backend`` generated programs on each backend the explorer covers, drawn derandomized by Hypothesis (the
-    explorer's own strategy, without shrinking or a database)."""
-    from hypothesis import HealthCheck, Phase, given, settings
-
-    from .programs.strategies import EXPLORED_BACKENDS, programs
+    """``per_backend`` generated programs on each backend the explorer covers, from the explorer's own program space
+    with a fixed seed: every run of a version draws the same ones."""
+    from .programs.strategies import EXPLORED_BACKENDS, sample
     from .stack import accelerate_forwards_boundary
 
-    def draw(backend: str) -> list[Scenario]:
-        drawn: list[Scenario] = []
-
-        @settings(max_examples=per_backend, derandomize=True, database=None, phases=[Phase.generate],
-                  suppress_health_check=list(HealthCheck), deadline=None)
-        @given(programs(backend, accelerate_forwards_boundary()))
-        def collect(scenario: Scenario) -> None:
-            drawn.append(scenario)
-
-        collect()
-        return list(dict.fromkeys(drawn))
-
-    return [s for backend in backends if backend in EXPLORED_BACKENDS for s in draw(backend)]
+    return [s for backend in backends if backend in EXPLORED_BACKENDS
+            for s in sample(backend, per_backend, accelerate_forwards_boundary=accelerate_forwards_boundary())]
 
 
 def scenarios(profile_name: str, backends: str | None = None, k: str | None = None,
@@ -77,10 +64,8 @@ def scenarios(profile_name: str, backends: str | None = None, k: str | None = No
         raise SelectionError(f"--backends: {exc}") from exc
     try:
         found = select(sharded(profile_scenarios(profile_name, chosen), shard, durations), k)
-    except ValueError as exc:  # a bad --profile, --shard or --durations
+    except ValueError as exc:  # a bad --profile, --shard, --durations or -k expression (keywords.ExpressionError)
         raise SelectionError(str(exc)) from exc
-    except Exception as exc:  # pytest's ParseError for a bad -k expression
-        raise SelectionError(f"-k {k!r}: {exc}") from exc
     return [s for s in found if world_size is None or s.world_size == world_size]
 
 

@@ -51,7 +51,19 @@ def facts(backend: str, world_size: int, engine: Any = None) -> dict[str, Any]:
         out["zero_stage"] = int(stage()) if callable(stage) else 0
         out["engine_boundary_api"] = callable(getattr(engine, "set_gradient_accumulation_boundary", None))
         out["engine_no_sync"] = callable(getattr(engine, "no_sync", None))
+        out["engine_reports_grad_norm"] = engine_reports_grad_norm(engine, out["zero_stage"])
     return out
+
+
+def engine_reports_grad_norm(engine: Any, zero_stage: int) -> bool:
+    """Whether ``engine.get_global_grad_norm()`` has a value after a step, read from the engine DeepSpeed built: ZeRO
+    1-3 compute one unless ``zero_optimization.compute_grad_norm`` is false (#8331); at ZeRO-0 the engine copies its
+    optimizer's ``_global_grad_norm`` after the step, which a plain torch optimizer does not have (bf16's
+    FP16_UnfusedOptimizer does)."""
+    if zero_stage >= 1:
+        zero_config = getattr(getattr(engine, "_config", None), "zero_config", None)
+        return bool(getattr(zero_config, "compute_grad_norm", True))
+    return hasattr(getattr(engine, "optimizer", None), "_global_grad_norm")
 
 
 def capabilities() -> dict[str, Any]:

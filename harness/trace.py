@@ -32,8 +32,15 @@ class Trace:
     rank: int
     losses: list[float] = field(default_factory=list)
     steps: list[StepRecord] = field(default_factory=list)
-    # What each optimizer_step_and_zero_grad call returned, by micro-batch, in call order (one call per optimizer)
-    returned: dict[int, list[float | None]] = field(default_factory=dict)
+    # What optimizer_step_and_zero_grad returned by micro-batch (its first call there), for the micro-batches that called it
+    returned: dict[int, float | None] = field(default_factory=dict)
+    # What the later calls of the same micro-batch returned, in order (a second call for the same optimizer; the
+    # other model's optimizer)
+    returned_more: dict[int, list[float | None]] = field(default_factory=dict)
+    # accelerator.clip_grad_norm_'s return value by micro-batch, for the micro-batches whose loop called it (the
+    # pre-clip norm of the step there; on DeepSpeed accelerate >= 1.8 returns the engine wrapper's norm); with two
+    # models, the first model's (each model's call is its own; the first one is the one compared)
+    clip_returned: dict[int, float | None] = field(default_factory=dict)
     sync_gradients: list[bool] = field(default_factory=list)  # accelerator.sync_gradients after each backward
     # A query before the forward, by micro-batch: (accelerator.sync_gradients, engine.is_gradient_accumulation_boundary()
     # on DeepSpeed, else None)
@@ -55,8 +62,17 @@ class Trace:
     facts: dict[str, Any] = field(default_factory=dict)  # what the installed stack does (programs.model.Facts)
     world: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    warning_counts: dict[str, int] = field(default_factory=dict)  # how many times each of ``warnings`` was said
     log: str = ""  # what the dependencies printed during the job (shown on failure, never on the console)
     client_failure: str | None = None  # a client program (harness.clients): the assertion it stopped on
+
+
+def _number(value: Any) -> float | None:
+    """A returned norm as a Python float (a tensor, an FSDP2 DTensor, or a number), None as None."""
+    if value is None:
+        return None
+    full = getattr(value, "full_tensor", None)
+    return float(full() if callable(full) else value)
 
 
 class StepRecorder:
@@ -89,14 +105,17 @@ class StepRecorder:
         A step on a micro-batch reported as no boundary (a bug) still records what it stepped on."""
         self._pre_clip_grads = self.grads() if boundary_reported else None
 
-    def wrap_clip(self, accelerator: Any) -> None:
-        """Off DeepSpeed the user clips before ``optimizer.step()``, so the pre-clip gradients are taken here."""
+    def wrap_clip(self, accelerator: Any, take_grads: bool = True) -> None:
+        """What ``clip_grad_norm_`` returns is recorded by micro-batch (P6 judges it); off DeepSpeed the user clips
+        before ``optimizer.step()``, so the pre-clip gradients are taken here too (``take_grads``)."""
         original = accelerator.clip_grad_norm_
 
         def clip_grad_norm_(*args: Any, **kwargs: Any) -> Any:
-            if self._pre_clip_grads is None:  # two models clip one after the other: the first call sees both unclipped
+            if take_grads and self._pre_clip_grads is None:  # two models clip in turn: the first sees both unclipped
                 self._pre_clip_grads = self.grads()
-            return original(*args, **kwargs)
+            norm = original(*args, **kwargs)
+            self.trace.clip_returned.setdefault(self.micro_step, _number(norm))
+            return norm
 
         accelerator.clip_grad_norm_ = clip_grad_norm_
 

@@ -119,19 +119,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .results import write_all
     from .runner import Runner
     from .selection import SelectionError, add_arguments, from_arguments
-    from .xfails import XfailsError, load
+    from .xfails import XfailsError, for_run
 
     parser = argparse.ArgumentParser(prog="python -m harness.worker", description=__doc__.splitlines()[0])
     add_arguments(parser)
     parser.add_argument("--target", default="reference")
-    parser.add_argument("--xfails", default=None)
+    parser.add_argument("--xfails", action="append", default=None, help="a vendor's own known failures (added)")
+    parser.add_argument("--no-known-bugs", action="store_true", help="apply none of the shipped known upstream bugs")
     parser.add_argument("--report-dir", default="reports")
     parser.add_argument("--timeout", type=float, default=120.0, help="process-group timeout (s)")
     parser.add_argument("--ids", nargs="*", default=None, help="exact scenario ids instead of a profile")
     args = parser.parse_args(argv)
     try:
         scenarios = from_arguments(args)
-        xfails = load(args.xfails) if args.xfails else []
+        xfails, _ = for_run(args.target, args.xfails or [], not args.no_known_bugs)
     except (SelectionError, XfailsError) as exc:
         print(f"harness.worker: error: {exc}", file=sys.stderr)
         return 2

@@ -6,6 +6,7 @@ collective until the process-group timeout); a crash or hang costs one scenario 
 """
 from __future__ import annotations
 
+import enum
 import faulthandler
 import gc
 import multiprocessing
@@ -20,9 +21,39 @@ import traceback
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from .scenario import Scenario
+
+
+class ReplyKind(str, enum.Enum):
+    """What a rank tells the coordinator (a ``Reply``'s kind)."""
+
+    READY = "ready"  # joined the process group, waiting for jobs
+    OK = "ok"  # the job's trace follows
+    UNSUPPORTED = "unsupported"  # the target lacks the scenario's API (found by calling it): the reason follows
+    RAISED = "raised"  # a recoverable job raised: the traceback follows; the rank waits for CONTINUE or dies
+    ERROR = "error"  # the rank failed and is about to exit: the traceback follows
+    PONG = "pong"  # answer to PING, after a barrier: the process group is whole
+    IDLE = "idle"  # the job needs fewer ranks than this world has: this one sat it out
+
+
+class Reply(NamedTuple):
+    kind: ReplyKind
+    payload: Any = None
+
+
+@dataclass(frozen=True)
+class Job:
+    """What the coordinator asks of every rank: one scenario on one target (``options`` reach ``job.run``)."""
+
+    scenario: Scenario
+    target: str
+    options: dict[str, Any]
+
+
+# Coordinator -> rank besides a Job: PING (prove the process group whole), CONTINUE (after RAISED: go on), STOP.
+PING, CONTINUE, STOP = "ping", "continue", None
 
 # Ranks pose as a plain process for world-size-1 jobs by hiding these (warm-world.md).
 _DISTRIBUTED_ENV = ("RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "WORLD_SIZE")
@@ -177,21 +208,21 @@ def _rank_main(rank: int, world_size: int, port: int, conn: Any, pg_timeout_s: f
 
         state = _RankState(rank, world_size, pg_timeout_s)
         PartialState(backend=state.backend, timeout=state.timeout)
-        conn.send_bytes(pickle.dumps(("ready", None)))
+        conn.send_bytes(pickle.dumps(Reply(ReplyKind.READY)))
         while True:
             message = pickle.loads(conn.recv_bytes())
-            if message is None:
+            if message is STOP:
                 break
-            if message == "ping":  # after a recoverable error: is the process group still whole?
+            if message == PING:  # after a recoverable error: is the process group still whole?
                 import torch.distributed as dist
 
                 dist.barrier()
-                conn.send_bytes(pickle.dumps(("pong", None)))
+                conn.send_bytes(pickle.dumps(Reply(ReplyKind.PONG)))
                 continue
-            scenario, target, options = message
+            scenario, target, options = message.scenario, message.target, dict(message.options)
             recoverable = options.pop("recoverable", False)
             if rank >= scenario.world_size:
-                conn.send_bytes(pickle.dumps(("idle", None)))
+                conn.send_bytes(pickle.dumps(Reply(ReplyKind.IDLE)))
                 continue
             try:
                 with captured:
@@ -202,15 +233,16 @@ def _rank_main(rank: int, world_size: int, port: int, conn: Any, pg_timeout_s: f
                     raise
                 # A probe that is meant to fail (the target refusing a configuration by name) need not cost a
                 # world: report, then let the coordinator decide whether every rank stopped cleanly.
-                conn.send_bytes(pickle.dumps(("raised", traceback.format_exc() + _log_tail(captured.text()))))
-                if pickle.loads(conn.recv_bytes()) != "continue":
+                conn.send_bytes(pickle.dumps(Reply(ReplyKind.RAISED, traceback.format_exc() + _log_tail(captured.text()))))
+                if pickle.loads(conn.recv_bytes()) != CONTINUE:
                     os._exit(1)
                 os.environ.update(state.launch_env)
                 continue
             if not isinstance(result, str):
                 result.log = captured.text()
             os.environ.update(state.launch_env)
-            conn.send_bytes(pickle.dumps(("unsupported", result) if isinstance(result, str) else ("ok", result)))
+            conn.send_bytes(pickle.dumps(Reply(ReplyKind.UNSUPPORTED, result) if isinstance(result, str)
+                                         else Reply(ReplyKind.OK, result)))
             if scenario.backend not in state.frozen_after:
                 # The first scenario of a backend pays its lazy imports; freezing what survives it keeps
                 # DeepSpeed's own gc.collect() (ZeRO-3 build) from rescanning it: 0.4 s -> 0.06 s (warm-world.md).
@@ -226,7 +258,7 @@ def _rank_main(rank: int, world_size: int, port: int, conn: Any, pg_timeout_s: f
     except BaseException:  # report, then die at once so that peers fail fast instead of hanging
         captured.restore()
         try:
-            conn.send_bytes(pickle.dumps(("error", traceback.format_exc() + _log_tail(captured.text()))))
+            conn.send_bytes(pickle.dumps(Reply(ReplyKind.ERROR, traceback.format_exc() + _log_tail(captured.text()))))
         finally:
             os._exit(1)
 
@@ -288,10 +320,10 @@ class World:
             self._conns.append(parent)
         self.starts += 1
         replies = self._collect(self.start_timeout_s)
-        failed = {rank: reply for rank, reply in replies.items() if reply[0] != "ready"}
+        failed = {rank: reply for rank, reply in replies.items() if reply.kind != ReplyKind.READY}
         if failed:
             self._kill()
-            details = "; ".join(f"rank {rank}: {reply[1]}" for rank, reply in failed.items())
+            details = "; ".join(f"rank {rank}: {reply.payload}" for rank, reply in failed.items())
             raise WorldStartError(f"world of {self.world_size} ranks did not start: {details}")
 
     @property
@@ -303,7 +335,7 @@ class World:
         warnings = []
         for conn in self._conns:
             try:
-                conn.send_bytes(pickle.dumps(None))
+                conn.send_bytes(pickle.dumps(STOP))
             except OSError:
                 pass
         for rank, proc in enumerate(self._procs):
@@ -334,48 +366,50 @@ class World:
             self.start()
         started = time.perf_counter()
         for conn in self._conns:
-            conn.send_bytes(pickle.dumps((scenario, target, options)))
+            conn.send_bytes(pickle.dumps(Job(scenario, target, options)))
         replies = self._collect(self.job_timeout_s)
         seconds = time.perf_counter() - started
-        raised = {rank: reply[1] for rank, reply in replies.items() if reply[0] == "raised"}
+        raised = {rank: reply.payload for rank, reply in replies.items() if reply.kind == ReplyKind.RAISED}
         if raised and self._recovered(replies, scenario):
             return JobResult("error", errors=raised, seconds=time.perf_counter() - started)
-        errors = {rank: reply[1] for rank, reply in replies.items() if reply[0] in ("error", "raised")}
+        errors = {rank: reply.payload for rank, reply in replies.items()
+                  if reply.kind in (ReplyKind.ERROR, ReplyKind.RAISED)}
         if errors or len(replies) < self.world_size:
             self._kill()
             return JobResult("error", errors=errors, seconds=seconds)
-        kinds = {replies[rank][0] for rank in range(scenario.world_size)}
-        if kinds == {"unsupported"}:
-            return JobResult("unsupported", reason=replies[0][1], seconds=seconds)
-        if kinds != {"ok"}:  # ranks disagree on the target's API: a broken target, not a conformance result
+        kinds = {replies[rank].kind for rank in range(scenario.world_size)}
+        if kinds == {ReplyKind.UNSUPPORTED}:
+            return JobResult("unsupported", reason=replies[0].payload, seconds=seconds)
+        if kinds != {ReplyKind.OK}:  # ranks disagree on the target's API: a broken target, not a conformance result
             self._kill()
-            return JobResult("error", errors={r: f"{replies[r][0]}: {replies[r][1]}" for r in replies}, seconds=seconds)
-        traces = [replies[rank][1] for rank in range(scenario.world_size)]
+            return JobResult("error", errors={r: f"{replies[r].kind.value}: {replies[r].payload}" for r in replies},
+                             seconds=seconds)
+        traces = [replies[rank].payload for rank in range(scenario.world_size)]
         return JobResult("ok", traces=traces, seconds=seconds)
 
-    def _recovered(self, replies: dict[int, tuple[str, Any]], scenario: Scenario) -> bool:
+    def _recovered(self, replies: dict[int, Reply], scenario: Scenario) -> bool:
         """A recoverable job that every one of its ranks left by raising (none hung, none died): they go on, and a
         barrier proves the process group whole before the next job; anything less and the world is replaced."""
         workers = range(scenario.world_size)
-        if len(replies) < self.world_size or any(replies[rank][0] != "raised" for rank in workers):
+        if len(replies) < self.world_size or any(replies[rank].kind != ReplyKind.RAISED for rank in workers):
             return False
         try:
             for rank in workers:
-                self._conns[rank].send_bytes(pickle.dumps("continue"))
+                self._conns[rank].send_bytes(pickle.dumps(CONTINUE))
             for conn in self._conns:
-                conn.send_bytes(pickle.dumps("ping"))
+                conn.send_bytes(pickle.dumps(PING))
             pongs = self._collect(HEALTH_CHECK_S)
         except OSError:
             return False
-        if len(pongs) < self.world_size or any(reply[0] != "pong" for reply in pongs.values()):
+        if len(pongs) < self.world_size or any(reply.kind != ReplyKind.PONG for reply in pongs.values()):
             self._kill()
             return False
         return True
 
-    def _collect(self, timeout_s: float) -> dict[int, tuple[str, Any]]:
+    def _collect(self, timeout_s: float) -> dict[int, Reply]:
         """Replies by rank until all are in, one rank fails (peers get a short grace), or the deadline."""
         deadline = time.monotonic() + timeout_s
-        replies: dict[int, tuple[str, Any]] = {}
+        replies: dict[int, Reply] = {}
         pending = dict(enumerate(self._conns))
         while pending:
             remaining = deadline - time.monotonic()
@@ -389,11 +423,11 @@ class World:
                     replies[rank] = pickle.loads(conn.recv_bytes())
                 except (EOFError, OSError):
                     code = self._procs[rank].exitcode
-                    replies[rank] = ("error", f"rank {rank} died without a report (exit code {code})")
-                if replies[rank][0] in ("error", "raised"):
+                    replies[rank] = Reply(ReplyKind.ERROR, f"rank {rank} died without a report (exit code {code})")
+                if replies[rank].kind in (ReplyKind.ERROR, ReplyKind.RAISED):
                     deadline = min(deadline, time.monotonic() + 5.0)
         for rank in pending:
-            replies[rank] = ("error", self._hung_rank_report(rank, timeout_s))
+            replies[rank] = Reply(ReplyKind.ERROR, self._hung_rank_report(rank, timeout_s))
         return replies
 
     def _hung_rank_report(self, rank: int, timeout_s: float) -> str:

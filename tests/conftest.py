@@ -7,8 +7,13 @@ from __future__ import annotations
 
 import pytest
 
-from harness.scenario import Scenario
+from harness.scenario import BACKENDS, Scenario
 from harness.world import World
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for backend in BACKENDS:  # every backend a test's scenario may carry (--strict-markers)
+        config.addinivalue_line("markers", f"{backend}: scenarios on backend {backend}")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -27,6 +32,17 @@ def world() -> World:
     yield world
     for warning in world.close():
         print(f"world: {warning}")
+
+
+@pytest.fixture(scope="session")
+def pool():
+    """One warm pool of worlds for every test that judges scenarios through a Runner (mutants, sensitivity): world
+    starts and each backend's first job are paid once per session."""
+    from harness.runner import WorldPool
+
+    pool = WorldPool()
+    yield pool
+    pool.close()
 
 
 @pytest.fixture

@@ -38,9 +38,10 @@ def explorer_catches() -> dict[str, str]:
     data = json.loads(EXPLORE_RESULTS.read_text())
     out = {}
     for row in data["rows"]:
-        if row.get("caught") and all(t["programs"] <= BUDGET for t in row["tried"]):
-            programs = sum(t["programs"] for t in row["tried"])
-            out[row["mutant"]] = f"explorer on {row['backend']}, {row['property']}, {programs} programs"
+        found_at = row["tried"][-1].get("first_failure") if row.get("caught") else None
+        if found_at is not None and found_at <= BUDGET:
+            out[row["mutant"]] = (f"explorer on {row['backend']}, {row['property']}, program {found_at} "
+                                  f"(shrunk to {row['micro_batches']} micro-batch(es))")
     return out
 
 

@@ -26,7 +26,7 @@ def test_usage_errors_are_one_line_and_exit_2(argv, message, capsys) -> None:
 
 def test_malformed_xfails_and_unwritable_report_dir_exit_2(tmp_path, capsys) -> None:
     bad = tmp_path / "xfails.txt"
-    bad.write_text("ds3-*  P2\n")
+    bad.write_text("ds3-*  P2:param\n")
     assert cli.main(["run", "--xfails", str(bad)]) == cli.EXIT_USAGE
     assert f"{bad}:1" in capsys.readouterr().err
     blocker = tmp_path / "file"
@@ -48,17 +48,22 @@ def test_env_prints_capabilities_as_json(capsys) -> None:
 
 
 def test_xfails_parse_and_match_per_property() -> None:
-    entries = xfails.parse("# c\n\nds1-*-bf16-*  P2,P5  [*]  deepspeed#7985: dropped gradient\n")
+    entries = xfails.parse("# c\n\nds1-*-bf16-*  P2:grad,P5:grad  [*]  deepspeed#7985: dropped gradient\n")
     assert xfails.match(entries, "ds1-kwarg-uni4-sgd-bf16-clip1-w2", "P2").reason == "deepspeed#7985: dropped gradient"
     assert xfails.match(entries, "ds1-kwarg-uni4-sgd-bf16-clip1-w2", "P4") is None  # a line excuses what it names
     assert xfails.match(entries, "ds2-kwarg-uni4-sgd-bf16-clip1-w2", "P2") is None
 
 
 @pytest.mark.parametrize("line, message", [
-    ("ds1-*  deepspeed#7985", "expected '<scenario-id pattern> <P-codes>"),
-    ("ds1-*  P2  no versions given", "expected '<scenario-id pattern> <P-codes>"),
-    ("ds1-*  Q2  [*]  reason", "is not a property code"),
-    ("ds1-*  P2  []  reason", "empty version condition"),
+    ("ds1-*  deepspeed#7985", "expected '<scenario-id pattern> <signature"),
+    ("ds1-*  P2:grad  no versions given", "expected '<scenario-id pattern> <signature"),
+    ("ds1-*  Q2:grad  [*]  reason", "is not a property code"),
+    ("ds1-*  P2:grad  []  reason", "empty version condition"),
+    ("ds1-*  P2  [*]  reason", "name the property and the quantity it excuses, e.g. P2:param"),
+    ("ds1-*  P2:weights  [*]  reason", "weights is not a quantity"),
+    ("ds1-*  *:param  [*]  reason", "only with error~TEXT"),
+    ("ds1-*  P2:grad@3-1  [*]  reason", "first ≤ last"),
+    ("ds1-*  P2:grad  [*; nonstrict]  a race", "how often it struck"),
 ])
 def test_an_xfails_line_must_name_properties_and_versions(line: str, message: str) -> None:
     with pytest.raises(xfails.XfailsError, match=message):
@@ -127,8 +132,8 @@ def test_interrupted_write_leaves_the_old_file_intact(tmp_path, monkeypatch) -> 
 
 
 def test_xfails_version_conditions_limit_a_line_to_the_versions_it_names() -> None:
-    entries = xfails.parse("ds1-*  P2  [deepspeed==0.18.9]  deepspeed 0.18.9: Split view modified in place\n"
-                           "ds2-*  P2  [deepspeed>=0.18,<0.19; accelerate>=1.8]  both conditions\n")
+    entries = xfails.parse("ds1-*  P2:grad  [deepspeed==0.18.9]  deepspeed 0.18.9: Split view modified in place\n"
+                           "ds2-*  P2:grad  [deepspeed>=0.18,<0.19; accelerate>=1.8]  both conditions\n")
     sid = "ds1-kwarg-uni4-sgd-fp32-clip1-w2"
     assert xfails.match(entries, sid, "P2", {"deepspeed": "0.18.9"}).line == 1
     assert xfails.match(entries, sid, "P2", {"deepspeed": "0.19.8"}) is None
@@ -138,16 +143,16 @@ def test_xfails_version_conditions_limit_a_line_to_the_versions_it_names() -> No
     assert xfails.match(entries, two, "P2", {"deepspeed": "0.18.2", "accelerate": "1.7.0"}) is None
 
 
-@pytest.mark.parametrize("line", ["ds1-* P2 [deepspeed==0.18.9", "ds1-* P2 [deepspeed==] reason",
-                                  "ds1-* P2 [deepspeed==0.18.9]"])
+@pytest.mark.parametrize("line", ["ds1-* P2:grad [deepspeed==0.18.9", "ds1-* P2:grad [deepspeed==] reason",
+                                  "ds1-* P2:grad [deepspeed==0.18.9]"])
 def test_malformed_version_conditions_name_the_line(line: str) -> None:
     with pytest.raises(xfails.XfailsError, match=r"<xfails>:1"):
         xfails.parse(line)
 
 
 def test_a_nonstrict_line_lets_an_intermittent_bug_pass() -> None:
-    entries = xfails.parse("ds3*-*  P2  [deepspeed<0.19.8; nonstrict]  deepspeed#8539: race\n"
-                           "ds1-*  P2  [*]  strict one\n")
+    entries = xfails.parse("ds3*-*  P2:param  [deepspeed<0.19.8; nonstrict]  deepspeed#8539: race, 1 run in 10\n"
+                           "ds1-*  P2:param  [*]  strict one\n")
     assert not xfails.match(entries, "ds3-auto-uni4-sgd-fp32-clip1-w2", "P2", {"deepspeed": "0.18.2"}).strict
     assert xfails.match(entries, "ds3-auto-uni4-sgd-fp32-clip1-w2", "P2", {"deepspeed": "0.19.8"}) is None
     assert xfails.match(entries, "ds1-auto-uni4-sgd-fp32-clip1-w2", "P2", {}).strict

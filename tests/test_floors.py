@@ -8,11 +8,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 FLOORS = {
-    0: ["scenario", "programs.program", "programs.clauses", "programs.styles", "trace", "targets", "xfails", "models", "stack"],
-    1: ["data", "compare", "programs.model", "programs.strategies", "oracle", "backends", "loops", "metrics", "results",
-        "selection", "clients", "job", "shards"],
+    0: ["scenario", "keywords", "programs.program", "programs.clauses", "programs.styles", "trace", "targets", "xfails",
+        "models", "stack"],
+    1: ["data", "compare", "tolerances", "programs.model", "programs.strategies", "oracle", "backends", "loops",
+        "metrics", "results", "selection", "clients", "job", "shards"],
     2: ["world", "properties", "reports"],
-    3: ["runner", "replay"],
+    3: ["runner", "replay", "floors"],
     4: ["cli", "pytest_plugin", "worker", "explore", "fsdp_env", "programs.repro"],
 }
 FLOOR_OF = {name: floor for floor, names in FLOORS.items() for name in names}

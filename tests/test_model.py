@@ -138,8 +138,8 @@ def test_step_and_zero_grad_off_a_boundary_does_nothing_whatever_its_arguments()
         e = _run(_mb(backward=False, after="step_and_zero_grad", form=form),
                  _mb(backward=True, after="step_and_zero_grad", form=form))
         held, final = e.micro_batches
-        assert not held.steps and set(held.returned) == {"none"}, form
-        assert final.steps and final.returned[0] == "norm", form
+        assert not held.steps and set(held.calls) == {"none"}, form
+        assert final.steps and final.returned == "norm", form
     assert _run(_mb(backward=True, after="step_and_zero_grad", form="no_clip")).micro_batches[0].clip is None
     assert _run(_mb(backward=True, after="step_and_zero_grad", form="other_clip")).micro_batches[0].clip == 0.25
 
@@ -148,11 +148,11 @@ def test_each_optimizer_steps_once_per_boundary() -> None:
     """§3: "a second optimizer_step_and_zero_grad for the same optimizer after the same boundary returns None and does
     nothing; a call for another optimizer (two models, two optimizers) steps that one." """
     twice = _run(_mb(backward=True, after="step_and_zero_grad", form="twice"))
-    assert twice.micro_batches[0].returned == ("norm", "none") and twice.step_points == [0]
+    assert twice.micro_batches[0].calls == ("norm", "none") and twice.step_points == [0]
     two = _run(_mb(backward=True, after="step_and_zero_grad"), optimizers=2)
-    assert two.micro_batches[0].returned == ("norm", "norm") and two.step_points == [0]
+    assert two.micro_batches[0].calls == ("norm", "norm") and two.step_points == [0]
     both_twice = _run(_mb(backward=True, after="step_and_zero_grad", form="twice"), optimizers=2)
-    assert both_twice.micro_batches[0].returned == ("norm", "none", "norm", "none")
+    assert both_twice.micro_batches[0].calls == ("norm", "none", "norm", "none")
 
 
 def test_deepspeed_returns_minus_one_only_when_it_stepped_and_no_norm_can_be_had() -> None:
@@ -160,10 +160,10 @@ def test_deepspeed_returns_minus_one_only_when_it_stepped_and_no_norm_can_be_had
     no_norm = Facts("deepspeed", 2, 1, engine_reports_grad_norm=False)
     e = _run(_mb(backward=False, after="step_and_zero_grad"), _mb(backward=True, after="step_and_zero_grad"),
              facts=no_norm)
-    assert [m.returned for m in e.micro_batches] == [("none",), ("-1",)]
+    assert [m.returned for m in e.micro_batches] == ["none", "-1"]
     zero0 = _run(_mb(backward=True, after="step_and_zero_grad"), facts=Facts("deepspeed", 2, 0,
                                                                              engine_reports_grad_norm=False))
-    assert zero0.micro_batches[0].returned == ("norm",)
+    assert zero0.micro_batches[0].returned == "norm"
 
 
 def test_a_max_grad_norm_that_differs_from_deepspeeds_clipping_warns_once() -> None:
@@ -212,3 +212,15 @@ def test_ddp_override_false_holds_the_all_reduce_and_none_releases_it() -> None:
     True re-enables it" — and None, which clears the override, too."""
     e = _run(_mb(set_boundary=False), _mb(), _mb(set_boundary=None), facts=Facts("ddp", 2))
     assert [m.reduces for m in e.micro_batches] == [False, False, True]
+
+
+def test_minus_one_where_a_step_happened_and_no_norm_can_be_had() -> None:
+    """§3: -1.0 only when a step happened and no norm can be had: the engine reports none (compute_grad_norm false,
+    #8331) and its gradients are partitioned; at ZeRO-0 the wrapper measures the full gradients itself."""
+    program = Scenario("ds1", "step_and_zero_grad", "dyn3142").program
+    for stage, want in ((1, "-1"), (2, "-1"), (3, "-1"), (0, "norm")):
+        facts = Facts("deepspeed", 2, stage, engine_reports_grad_norm=False)
+        returned = [mb.returned for mb in expect(program, facts, 4, 1.0).micro_batches]
+        assert returned.count(want) == 4 and set(returned) == {want, "none"}, (stage, returned)
+    reported = [mb.returned for mb in expect(program, FACTS["ds1"], 4, 1.0).micro_batches]
+    assert "-1" not in reported and reported.count("norm") == 4

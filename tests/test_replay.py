@@ -23,9 +23,11 @@ def bugs() -> dict[str, replay.KnownBug]:
 
 
 def test_catalogue_names_threads_versions_and_scenarios(bugs) -> None:
-    assert {"accelerate#3552", "accelerate#3656", "deepspeed 0.18.9 ZeRO-1/2", "deepspeed#7985", "deepspeed#7837"} <= set(bugs)
+    assert {"accelerate#3552", "accelerate#3656", "deepspeed 0.18.9 ZeRO-1/2", "deepspeed#7985", "deepspeed#7837",
+            "deepspeed#5104", "accelerate#3762"} <= set(bugs)
     for bug in bugs.values():
-        assert bug.scenarios and bug.affected and bug.fixed and bug.fixed_in
+        assert bug.scenarios and bug.affected and bug.fixed_in
+        assert bool(bug.fixed) == (bug.status == "fixed"), f"{bug.id}: an open bug has no fixed versions, a fixed one names them"
         assert bug.expect.startswith(("P", "error:")), bug.expect
         assert bug.reproducible or bug.why_not, f"{bug.id}: a bug kept as not reproducible must say why"
 
@@ -85,9 +87,10 @@ def test_malformed_catalogue_names_the_bug(tmp_path) -> None:
         replay.load(bad)
 
 
-def test_support_matrix_rows_are_versions_and_stages() -> None:
+def test_support_matrix_rows_are_versions_and_backends_with_their_judged_share() -> None:
     """A cell counts (scenario, property) verdicts: a scenario with one failing property among passing ones is one
-    fail and the passes, not one failed scenario."""
+    fail and the passes, not one failed scenario. Each row says how many verdicts it judged and how many a known bug
+    excused, and when it was measured; a row excusing more than 15 % without a note says so in bold."""
     env = "reference · accelerate 1.15.0 · deepspeed 0.19.8"
 
     def verdicts(**outcomes: str) -> dict[str, Verdict]:
@@ -97,12 +100,17 @@ def test_support_matrix_rows_are_versions_and_stages() -> None:
                         properties=verdicts(P2="pass", P3="pass")),
                 Outcome("ds3off-kwarg-uni4-sgd-fp32-clip1-w2", "fail", axes={"backend": "ds3off", "api": "kwarg"},
                         env=env, properties=verdicts(P2="fail", P5="pass")),
-                Outcome("ddp-auto-uni4-sgd-fp32-clip1-w2", "pass", axes={"backend": "ddp", "api": "auto"}, env=env,
-                        properties=verdicts(P2="pass"))]
-    table = support.matrix_table(Merged(runs=[], outcomes=outcomes))
-    assert "| 1.15.0 | 0.19.8 | 3 | ✔ 2 pass | · |" in table
-    assert "| 1.15.0 | 0.19.8 | 3 +offload | · | ✘ 1 fail 1 pass |" in table
-    assert "ddp" not in table
+                Outcome("ddp-auto-uni4-sgd-fp32-clip1-w2", "xfail", axes={"backend": "ddp", "api": "auto"}, env=env,
+                        properties=verdicts(P2="xfail", P7="pass"))]
+    table = support.matrix_table(Merged(runs=[], outcomes=outcomes), notes=[], today="2026-12-06")
+    assert "| 1.15.0 | 0.19.8 | ZeRO 3 | 2 · 0 (0%) | 2026-12-06 | ✔ 2 pass | · |  |" in table
+    assert "| 1.15.0 | 0.19.8 | ZeRO 3 +offload | 2 · 0 (0%) | 2026-12-06 | · | ✘ 1 fail 1 pass |  |" in table
+    assert "| 1.15.0 | 0.19.8 | ddp | 1 · 1 (50%) | 2026-12-06 | ✘ₓ 1 xfail 1 pass | · | **over 15% excused" in table
+    old = {"rows": [{"accelerate": "1.7.0", "deepspeed": "0.15.4", "backend": "ZeRO 0", "cells": {"auto": "✔ 9 pass"},
+                     "judged": 9, "excused": 0, "measured": "2026-11-26", "grammar": "properties"}]}
+    kept = support.matrix_table(Merged(runs=[], outcomes=outcomes), old, notes=[{"backend": "ddp", "note": "why"}])
+    assert "| 1.7.0 | 0.15.4 | ZeRO 0 | 9 · 0 (0%) | 2026-11-26 | ✔ 9 pass | · | not rerun since 2026-11-26" in kept
+    assert kept.index("| 1.7.0 |") < kept.index("| 1.15.0 |") and "| why |" in kept
 
 
 def test_readme_table_is_the_generated_one() -> None:

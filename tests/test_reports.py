@@ -34,7 +34,9 @@ def _o(scenario: str, outcome: str = "pass", metric: float = 1e-8, where: str = 
     deviations = [{"prop": "P2 backend≡oracle", "where": where, "tensor": "grad[w]",
                    "message": f"{scenario} · P2 backend≡oracle · {where} · grad[w]\n  max |Δ| = 1"}] if failing else []
     raw = {"xfail": "fail", "xpass": "pass"}.get(outcome, outcome)
-    properties = {"P2": Verdict("P2", "P2 backend≡oracle", outcome, deviations, len(deviations), reason, known, raw),
+    shown = {"grad": 1} if failing else {"error": 1} if outcome == "error" else {}
+    properties = {"P2": Verdict("P2", "P2 backend≡oracle", outcome, deviations, len(deviations), reason, known, raw,
+                                signature=shown),
                   "P4": Verdict("P4", "P4 boundaries", p4, raw=p4)}
     from harness.results import worst
 
@@ -304,7 +306,7 @@ def test_gate_sees_a_vanished_scenario_and_a_known_failure_that_moved() -> None:
     assert sorted((c.kind, c.prop) for c in gone if c.regression) == [("missing", "P2"), ("missing", "P4")]
     moved = _gate([_o("ds3-kwarg-uni4", "xfail", where="rank 0 · step 1")],
                   [_o("ds3-kwarg-uni4", "xfail", where="rank 0 · step 3")])
-    assert [c.kind for c in moved if c.regression] == ["changed deviation"]
+    assert [c.kind for c in moved if c.regression] == ["known failure changed"]
     same = _gate([_o("ds3-kwarg-uni4", "xfail")], [_o("ds3-kwarg-uni4", "xfail")])
     assert not [c for c in same if c.regression]
 
@@ -319,7 +321,7 @@ def test_adding_an_xfail_line_cannot_silence_the_gate(tmp_path: Path, capsys) ->
     write_all(green, tmp_path / "base")
     red = _run("reference", "0.19.8", [_o("ds3-kwarg-uni4", "fail"), _o("ds3-auto-uni4")])
     for outcome in red.outcomes:
-        rejudge(outcome, parse("ds3-kwarg-uni4  P2  [*]  silenced by hand\n"), {"deepspeed": "0.19.8"})
+        rejudge(outcome, parse("ds3-kwarg-uni4  P2:grad  [*]  silenced by hand\n"), {"deepspeed": "0.19.8"})
     assert red.outcomes[0].properties["P2"].outcome == "xfail"
     write_all(red, tmp_path / "now")
     assert cli.main(["gate", "--baseline", str(tmp_path / "base" / "results.json"), "--current",
@@ -356,8 +358,8 @@ def test_report_can_judge_recorded_outcomes_again_with_a_newer_xfails_file() -> 
     from harness.reports.merge import rejudge
     from harness.xfails import parse
 
-    entries = parse("ds1-*  P2  [deepspeed==0.18.9]  split view bug\n"
-                    "ds3*-*  P2  [deepspeed<0.19.8; nonstrict]  race\n")
+    entries = parse("ds1-*  P2:grad  [deepspeed==0.18.9]  split view bug\n"
+                    "ds3*-*  P2:grad|error  [deepspeed<0.19.8; nonstrict]  race: 1 run in 10\n")
     old = {"deepspeed": "0.18.9"}
     failed = _o("ds1-auto-uni4-sgd-fp32-clip1-w2", "fail")
     rejudge(failed, entries, old)

@@ -61,7 +61,9 @@ def test_selection_uses_pytest_expressions() -> None:
     assert chosen and all(s.backend == "ds3" and s.api != "kwarg" for s in chosen)
     assert S.select(quick, "DDP and setboundary and not hold") == [s for s in quick if s.backend == "ddp"
                                                                    and s.api == "set_boundary"]
-    with pytest.raises(SyntaxError):  # what pytest's expression parser raises
+    from harness.keywords import ExpressionError
+
+    with pytest.raises(ExpressionError):
         S.select(quick, "ds3 and (")
 
 
@@ -79,3 +81,25 @@ def test_every_marker_a_scenario_gets_is_registered() -> None:
     every = S.pairwise() + S.quick() + S.clients()
     missing = {name for s in every for name in markers_of(s)} - registered_markers()
     assert not missing, f"markers added but not registered: {sorted(missing)}"
+
+
+def test_the_k_expression_selects_as_pytest_does() -> None:
+    """harness/keywords.py against pytest's own reading of the same expressions, over every quick scenario id."""
+    from _pytest.mark.expression import Expression
+
+    from harness.keywords import ExpressionError, compile_expression
+    from harness.scenario import profile
+
+    ids = [s.id for s in profile("quick")]
+    for text in ("ds3", "ds3 and not kwarg", "not (kwarg or auto) and uni4", "DDP or (ds0 and dyn3142)", "not not single",
+                 "fsdp and (setboundary or stepandzerograd) and not hold"):
+        ours = compile_expression(text)
+        theirs = Expression.compile(text)
+
+        def pytest_selects(scenario_id: str, theirs=theirs) -> bool:
+            return theirs.evaluate(lambda name, *a, **k: name.lower() in scenario_id.lower())
+
+        assert [i for i in ids if ours(i)] == [i for i in ids if pytest_selects(i)]
+    for bad in ("", "ds3 and", "(ds3", "ds3 )", "and"):
+        with pytest.raises(ExpressionError):
+            compile_expression(bad)

@@ -90,7 +90,7 @@ def test_a_failing_rank_costs_one_scenario(fault: str, expect: str) -> None:
 
 def test_unexpected_pass_fails_the_run_and_expected_failure_does_not() -> None:
     scenarios = [Scenario("ds1", "kwarg", "uni4"), Scenario("ds1", "kwarg", "dyn3142", model="mlp")]
-    xfails = parse("ds1-kwarg-uni4-*  P2  [*]  pretend-bug #1\n")
+    xfails = parse("ds1-kwarg-uni4-*  P2:param  [*]  pretend-bug #1\n")
     results = Runner("reference", xfails=xfails, pool=WorldPool()).run(scenarios)
     outcomes = {o.scenario: o for o in results.outcomes}
     known = outcomes["ds1-kwarg-uni4-sgd-fp32-clip1-w2"]
@@ -98,8 +98,8 @@ def test_unexpected_pass_fails_the_run_and_expected_failure_does_not() -> None:
     assert known.properties["P2"].outcome == "xpass" and known.properties["P4"].outcome == "pass"
     assert outcomes["ds1-kwarg-dyn3142-sgd-fp32-clip1-w2"].outcome == "pass"
     # A line excuses the properties it names and no other: the mutant's step positions (P4) still fail.
-    mutant = Runner("tests.mutants.always_step:Accelerator", xfails=parse("*  P2,P5  [*]  the mutant steps every time\n"),
-                    pool=WorldPool()).run(scenarios[:1])
+    steps_every_time = parse("*  P2:steps|grad|param|loss,P5:steps|grad|param|loss  [*]  the mutant steps every time\n")
+    mutant = Runner("tests.mutants.always_step:Accelerator", xfails=steps_every_time, pool=WorldPool()).run(scenarios[:1])
     verdicts = {code: v.outcome for code, v in mutant.outcomes[0].properties.items()}
     assert verdicts["P2"] == "xfail" and verdicts["P4"] == "fail" and mutant.outcomes[0].outcome == "fail"
 

@@ -1,4 +1,4 @@
-"""Unfiled (no upstream thread found; found by accumgate's live scenarios, issue 24): on FSDP2 (``fully_shard``) a
+"""pytorch (no upstream thread found), found by accumgate's live scenarios (issue 24): on FSDP2 (``fully_shard``) a
 ``zero_grad()`` cannot discard what backwards run with ``set_requires_gradient_sync(False)`` accumulated. Those
 gradients live on FSDP2's *unsharded* parameters (``FSDPParam.unsharded_param.grad``, or ``unsharded_accumulated_grad``
 under a reduce dtype), out of reach of both ``optimizer.zero_grad()`` and ``model.zero_grad()``, which see the sharded

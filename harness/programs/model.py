@@ -74,14 +74,15 @@ class MicroExpect:
     steps: bool  # a real optimizer step happens during this micro-batch
     clip: float | None = None  # the bound that step clips to (None: no clipping)
     reduces: bool | None = None  # gradients all-reduced across ranks during this micro-batch; None: not judged
-    # optimizer_step_and_zero_grad, per call in order (per optimizer, twice where called twice): "norm", "none" or
-    # "-1"; None: not called
-    returned: tuple[str, ...] | None = None
+    # optimizer_step_and_zero_grad's first call here: "norm", "none" or "-1"; None: not called
+    returned: str | None = None
     scheduler_steps: int = 0  # lr-scheduler steps taken at the end of this micro-batch (after its step)
     # A query before the forward: (accelerator.sync_gradients, engine.is_gradient_accumulation_boundary()); None in
     # either place: not judged there (§3 says nothing of it); None as a whole: no query
     query: tuple[bool | None, bool | None] | None = None
     warns_clip_mismatch: bool = False  # the call's max_grad_norm differs from DeepSpeed's clipping: warned here
+    # the later calls of the same micro-batch, in order (a second call for one optimizer; the next model's optimizer)
+    returned_more: tuple[str, ...] = ()
     # A zero_grad() at the end of this micro-batch discards the gradients accumulated since the last step: the next
     # step's window starts after it (PyTorch's meaning; where accelerate's wrapper lets it act)
     discards: bool = False
@@ -92,6 +93,11 @@ class MicroExpect:
     def oracle_plan(self) -> tuple:
         """What the float64 oracle trains along (the runner caches the free-running oracle by it)."""
         return (self.steps, self.clip, self.scheduler_steps, self.reduces, self.discards, self.lr_set)
+
+    @property
+    def calls(self) -> tuple[str, ...]:
+        """What every optimizer_step_and_zero_grad call here returns, in order (empty: not called)."""
+        return () if self.returned is None else (self.returned, *self.returned_more)
 
 
 @dataclass(frozen=True)
@@ -222,9 +228,10 @@ def step(s: State, mb: MicroBatch, last_of_loader: bool = False, restart: bool =
     lr_set = _set_lr(s, mb, "before_step") or lr_set
     steps, clip, returned, warns = _after(s, mb, reported, boundary, index)
     return MicroExpect(boundary=bool(boundary), sync_gradients=bool(reported), steps=steps, clip=clip,
-                       reduces=reduces, returned=returned, scheduler_steps=_scheduler_steps(s, mb, reported),
-                       query=query, warns_clip_mismatch=warns, discards=_optimizer_zero_grad(s, mb, reported),
-                       lr_set=lr_set)
+                       reduces=reduces, returned=returned[0] if returned else None,
+                       scheduler_steps=_scheduler_steps(s, mb, reported), query=query, warns_clip_mismatch=warns,
+                       returned_more=tuple(returned[1:]) if returned else (),
+                       discards=_optimizer_zero_grad(s, mb, reported), lr_set=lr_set)
 
 
 # ------------------------------------------------------------------------------------------------ the rules

@@ -27,7 +27,9 @@ encodes what upstream documents there; where it disagrees with upstream, that is
 from __future__ import annotations
 
 import itertools
+import random
 from dataclasses import replace
+from typing import Callable, Sequence
 
 from hypothesis import strategies as st
 
@@ -77,26 +79,30 @@ def accepts(state: State, candidate: MicroBatch, last_of_loader: bool = False, r
     return True
 
 
-@st.composite
-def programs(draw: st.DrawFn, backend: str, accelerate_forwards_boundary: bool = True,
-             max_micro_batches: int = MAX_MICRO_BATCHES, untouched: bool = False) -> Scenario:
-    """A generated program on ``backend`` as a scenario (api ``program``, schedule ``g<G>``); ``untouched``: only code
-    without the new API (explores upstream as it is)."""
+Choose = Callable[[str, Sequence], object]  # (label, options, plainest first) -> one of them
+
+
+def draw_program(choose: Choose, backend: str, accelerate_forwards_boundary: bool = True,
+                 max_micro_batches: int = MAX_MICRO_BATCHES, untouched: bool = False) -> Scenario:
+    """One program on ``backend`` (api ``program``, schedule ``g<G>``), every choice asked of ``choose``: Hypothesis
+    (``programs``, which shrinks each choice toward its first option) or a seeded random source (``sample``, the quick
+    profile's fixed draw, which must not depend on what else the process imported); ``untouched``: only code without
+    the new API (explores upstream as it is)."""
     facts = _facts(backend, accelerate_forwards_boundary)
-    g = draw(st.integers(1, 4), label="configured G")
-    clip = draw(st.sampled_from((1.0, None)), label="clip")
-    optimizer = draw(st.sampled_from(("sgd", "adamw")), label="optimizer")
-    precision = draw(st.sampled_from(("fp32", "bf16")), label="precision")
-    model = draw(st.sampled_from(("mlp", "gpt2")), label="model")
-    lr_schedule = draw(st.sampled_from(("const", "decay", "warmup")), label="lr schedule")
-    user_scaled = facts.deepspeed and draw(st.booleans(), label="the user divides by G (scale_wrt_gas=False)")
-    total = draw(st.integers(1, max_micro_batches), label="micro-batches")
-    dataloader = draw(st.booleans(), label="from a prepared DataLoader")
+    g = choose("configured G", (1, 2, 3, 4))
+    clip = choose("clip", (1.0, None))
+    optimizer = choose("optimizer", ("sgd", "adamw"))
+    precision = choose("precision", ("fp32", "bf16"))
+    model = choose("model", ("mlp", "gpt2"))
+    lr_schedule = choose("lr schedule", ("const", "decay", "warmup"))
+    user_scaled = facts.deepspeed and choose("the user divides by G (scale_wrt_gas=False)", (False, True))
+    total = choose("micro-batches", tuple(range(1, max_micro_batches + 1)))
+    dataloader = choose("from a prepared DataLoader", (False, True))
     restart_wanted = (backend in RESTART_BACKENDS and not dataloader and total > 1
-                      and draw(st.booleans(), label="a second accelerator"))
-    restart_wanted_at = draw(st.integers(1, total - 1), label="second accelerator before") if restart_wanted else None
-    options = draw(_untouched_options(facts, dataloader, restart_wanted), label="accelerator options") if untouched else {}
-    engine_loop = untouched and facts.deepspeed and draw(st.booleans(), label="the raw engine's own loop")
+                      and choose("a second accelerator", (False, True)))
+    restart_wanted_at = choose("second accelerator before", tuple(range(1, total))) if restart_wanted else None
+    options = _untouched_options(choose, facts, dataloader, restart_wanted) if untouched else {}
+    engine_loop = untouched and facts.deepspeed and choose("the raw engine's own loop", (False, True))
     program_options = Program((), dataloader=dataloader, **options)
     state = start(facts, g, clip, scheduler=lr_schedule != "const", program=program_options)
     pool = (ENGINE_CANDIDATES if engine_loop else CANDIDATES if not untouched
@@ -108,20 +114,17 @@ def programs(draw: st.DrawFn, backend: str, accelerate_forwards_boundary: bool =
         # A second accelerator where nothing is pending (after a step, no gradient held), as a script's next phase.
         restart = index == restart_wanted_at and not state.pending and not state.unreduced
         valid = [c for c in pool if accepts(state, c, last, restart)]
-        core = draw(st.sampled_from(valid), label=f"micro-batch {index}")
-        form = "model"
-        if core.after == "step_and_zero_grad":
-            form = draw(st.sampled_from(FORMS), label=f"micro-batch {index}: call form")
-        query = not engine_loop and draw(st.booleans(), label=f"micro-batch {index}: query before the forward")
+        core = choose(f"micro-batch {index}", valid)
+        form = choose(f"micro-batch {index}: call form", FORMS) if core.after == "step_and_zero_grad" else "model"
+        query = not engine_loop and choose(f"micro-batch {index}: query before the forward", (False, True))
         chosen = replace(core, form=form, query=query)
         if untouched:  # an lr set by hand, a zero_grad() at the end, FSDP2's set_is_last_backward: no validity changes
-            set_lr = draw(st.sampled_from(LR_SET_CHOICES), label=f"micro-batch {index}: an lr set by hand")
-            zero_grad = draw(st.sampled_from(ENGINE_ZERO_GRAD_CHOICES if engine_loop else ZERO_GRAD_CHOICES),
-                             label=f"micro-batch {index}: zero_grad() at its end")
+            set_lr = choose(f"micro-batch {index}: an lr set by hand", LR_SET_CHOICES)
+            zero_grad = choose(f"micro-batch {index}: zero_grad() at its end",
+                               ENGINE_ZERO_GRAD_CHOICES if engine_loop else ZERO_GRAD_CHOICES)
             chosen = replace(chosen, set_lr=set_lr, zero_grad=zero_grad)
             if facts.backend == "fsdp":
-                last_backward = draw(st.sampled_from((NO_CALL, NO_CALL, True, False)),
-                                     label=f"micro-batch {index}: set_is_last_backward")
+                last_backward = choose(f"micro-batch {index}: set_is_last_backward", (NO_CALL, NO_CALL, True, False))
                 chosen = replace(chosen, fsdp_last_backward=last_backward)
         micro.append(chosen)
         restart_at = index if restart else restart_at
@@ -135,8 +138,7 @@ def programs(draw: st.DrawFn, backend: str, accelerate_forwards_boundary: bool =
                     generated=Program(tuple(micro), dataloader=dataloader, restart_at=restart_at, **options))
 
 
-@st.composite
-def _untouched_options(draw: st.DrawFn, facts: Facts, dataloader: bool, restart: bool) -> dict[str, bool]:
+def _untouched_options(choose: Choose, facts: Facts, dataloader: bool, restart: bool) -> dict[str, bool]:
     """The accelerator's options a program of untouched code is built with, those that differ from accelerate's
     defaults only (each drawn as "changed?", so that it shrinks to the default). A second accelerator is built with
     the same arguments, so the options hold for both."""
@@ -144,9 +146,31 @@ def _untouched_options(draw: st.DrawFn, facts: Facts, dataloader: bool, restart:
     for name, default in Program.OPTIONS:
         if name == "short_dataset":
             continue
-        if draw(st.booleans(), label=f"{name} other than accelerate's default"):
+        if choose(f"{name} other than accelerate's default", (False, True)):
             options[name] = not default
     if (dataloader and facts.world_size > 1 and options.get("even_batches", True) and not restart
-            and draw(st.booleans(), label="a dataset one item short (even_batches wraps it around)")):
+            and choose("a dataset one item short (even_batches wraps it around)", (False, True))):
         options["short_dataset"] = True
     return options
+
+
+@st.composite
+def programs(draw: st.DrawFn, backend: str, accelerate_forwards_boundary: bool = True,
+             max_micro_batches: int = MAX_MICRO_BATCHES, untouched: bool = False) -> Scenario:
+    """Hypothesis's strategy: every choice a ``sampled_from`` (shrinks toward the plainest option)."""
+    return draw_program(lambda label, options: draw(st.sampled_from(list(options)), label=label), backend,
+                        accelerate_forwards_boundary, max_micro_batches, untouched)
+
+
+def sample(backend: str, count: int, seed: int = 0, accelerate_forwards_boundary: bool = True) -> list[Scenario]:
+    """``count`` distinct programs from a seeded source: the same on every run of a version, whatever else the process
+    has imported (Hypothesis's own generation is not: it mines the loaded modules for constants)."""
+    rng = random.Random(f"{backend}:{seed}")
+    out: list[Scenario] = []
+    for _ in range(count * 4):
+        scenario = draw_program(lambda label, options: rng.choice(list(options)), backend, accelerate_forwards_boundary)
+        if scenario not in out:
+            out.append(scenario)
+        if len(out) == count:
+            break
+    return out

@@ -6,6 +6,7 @@ from ..compare import Deviation
 from ..scenario import Scenario
 from .base import SUBJECT, Evidence, Need, Property, register
 from .checks import same_run
+from .faults import client_assertion, declared, micro_batch_dropped, rounded_differently, step_moved
 
 UPSTREAM = "upstream"
 NATIVE = "native"
@@ -45,4 +46,6 @@ P3 = register(Property(
     "P3", "backward compatibility",
     "untouched code (accumulate() loops, plain backward, the user's own no_sync, accelerate's own test_sync.py) on "
     "the target matches the installed upstream accelerate bit for bit",
-    _applies, _needs, _judge, clients=True))
+    _applies, _needs, _judge, clients=True,
+    faults=lambda s, e: declared(s, e, (client_assertion,) if s.is_client
+                                 else (rounded_differently, micro_batch_dropped, step_moved))))

@@ -9,6 +9,7 @@ stack, a follow-up run after another scenario. The runner runs each distinct run
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
     from ..programs.model import Expectation
     from ..trace import Trace
     from ..world import JobResult
+    from .faults import Fault
 
 SUBJECT = "subject"
 
@@ -51,13 +53,37 @@ class Evidence:
     def __init__(self, scenario: Scenario, needs: dict[str, Need], results: dict[str, "JobResult"],
                  expectations: Callable[[Scenario, dict[str, Any]], "Expectation"],
                  free_oracle: Callable[[Scenario, "Expectation"], "OracleTrace"],
-                 local_oracle: Callable[[Scenario, "Expectation", "Trace"], "OracleTrace"]) -> None:
+                 local_oracle: Callable[[Scenario, "Expectation", "Trace"], "OracleTrace"],
+                 before: dict[str, "JobResult"] | None = None) -> None:
         self.scenario = scenario
         self.needs = needs
         self.results = results
         self._expectations = expectations
         self._free = free_oracle
         self._local = local_oracle
+        self._before = before or {}
+        # A faulted copy's traces -> the recorded trace its oracle was computed from (``with_result``).
+        self._recorded: dict[int, "Trace"] = {}
+
+    def before(self, role: str) -> "JobResult":
+        """The run made right before ``role``'s in the same processes (``Need.after``): its own outcome is evidence
+        too (a leak follow-up after a run that crashed restarted the world and tests nothing)."""
+        return self._before[role]
+
+    def with_result(self, role: str, result: "JobResult", before: "JobResult | None" = None) -> "Evidence":
+        """The same evidence with one run's result replaced by a synthetic fault's (``faults.py``): expectations and
+        oracles stay those of the recorded runs (a fault edits what a run reported; nothing is run or recomputed)."""
+        clone = copy.copy(self)
+        clone.results = dict(self.results)
+        clone._before = dict(self._before)
+        clone._recorded = dict(self._recorded)
+        original = self.results.get(role)
+        if original is not None and original.traces and result.traces:
+            clone._recorded[id(result.traces[0])] = self._recorded.get(id(original.traces[0]), original.traces[0])
+        clone.results[role] = result
+        if before is not None:
+            clone._before[role] = before
+        return clone
 
     def result(self, role: str = SUBJECT) -> "JobResult":
         return self.results[role]
@@ -89,7 +115,15 @@ class Evidence:
 
     def local(self, role: str = SUBJECT) -> "OracleTrace":
         """Teacher-forced float64 expectation from where this run stood at each step (rank 0's weights)."""
-        return self._local(self.needs[role].scenario, self.expectation(role), self.traces(role)[0])
+        return self.local_of(self.needs[role].scenario, self.traces(role))
+
+    def expectation_of(self, scenario: Scenario, traces: list["Trace"]) -> "Expectation":
+        """The model's expectation for a run that is no role of this evidence (the run before a follow-up)."""
+        return self._expectations(scenario, traces[0].facts)
+
+    def local_of(self, scenario: Scenario, traces: list["Trace"]) -> "OracleTrace":
+        first = self._recorded.get(id(traces[0]), traces[0])
+        return self._local(scenario, self._expectations(scenario, first.facts), first)
 
 
 def _last_line(errors: dict[int, str]) -> str:
@@ -112,6 +146,9 @@ class Property:
     judge: Callable[[Scenario, Evidence], list[Deviation]]
     count_collectives: bool = field(default=False)  # the subject run must count its collectives
     clients: bool = field(default=False)  # also judges client programs (harness.clients), not only programs
+    # The synthetic faults of the kind the property exists for, made from the recorded runs of a pass (faults.py):
+    # a pass that catches none of them is not a pass (DESIGN §4 "Every pass proves something").
+    faults: Callable[[Scenario, Evidence], list["Fault"]] = field(default=lambda s, e: [])
 
     @property
     def name(self) -> str:

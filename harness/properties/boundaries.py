@@ -7,7 +7,8 @@ from ..models import parts_of
 from ..scenario import Scenario
 from .base import Evidence, Property, register, subject
 from .checks import lengths, not_recorded, step_label
-from .equivalence import oracle_judge
+from .equivalence import oracle_faults, oracle_judge
+from .faults import declared, engine_global_steps_off, lr_late, step_moved, sync_report_flipped
 
 LR_RTOL = 1e-6
 
@@ -85,7 +86,8 @@ def _queries(scenario: Scenario, name: str, rank: str, trace, expectation) -> li
 P4 = register(Property(
     "P4", "boundaries",
     "forced boundaries: True steps now, False holds the step; step counts and lr schedule follow",
-    lambda s, t: True, subject, _p4_judge))
+    lambda s, t: True, subject, _p4_judge,
+    faults=lambda s, e: declared(s, e, (step_moved, lr_late, sync_report_flipped, engine_global_steps_off))))
 
 
 def _p5_applies(scenario: Scenario, target: str) -> bool:
@@ -95,4 +97,4 @@ def _p5_applies(scenario: Scenario, target: str) -> bool:
 P5 = register(Property(
     "P5", "dynamic schedule≡oracle",
     "dynamic schedules (windows of any length, forced early/late boundaries, generated programs) match the oracle",
-    _p5_applies, subject, lambda s, e: oracle_judge(P5)(s, e)))
+    _p5_applies, subject, lambda s, e: oracle_judge(P5)(s, e), faults=oracle_faults))

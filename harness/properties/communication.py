@@ -6,6 +6,7 @@ from ..compare import Deviation
 from ..scenario import Scenario
 from .base import Evidence, Property, register, subject
 from .checks import lengths
+from .faults import declared, extra_reduction, missing_reduction
 
 GRADIENT_COLLECTIVES = ("all_reduce", "reduce_scatter", "reduce", "allreduce")
 
@@ -67,4 +68,5 @@ P7 = register(Property(
     "P7", "communication",
     "communication: no gradient all-reduce on non-final micro-batches where the backend promises it, one at every "
     "boundary",
-    applies, subject, _judge, count_collectives=True))
+    applies, subject, _judge, count_collectives=True,
+    faults=lambda s, e: declared(s, e, (extra_reduction, missing_reduction))))

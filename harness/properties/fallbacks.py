@@ -11,6 +11,7 @@ from ..programs.model import Facts
 from ..scenario import Scenario
 from .base import SUBJECT, Evidence, Need, Property, register, subject
 from .checks import oracle_deviations
+from .faults import refusal_faults, training_faults
 
 OLD_ENGINE, UNMANAGED = "old_engine", "unmanaged"
 MANAGED_KEY = "managed_gradient_accumulation"
@@ -81,8 +82,21 @@ def _judge(scenario: Scenario, evidence: Evidence) -> list[Deviation]:
     return found
 
 
+def _faults(scenario: Scenario, evidence: Evidence) -> list:
+    """P9's own: where the target refused by name, a dependency's assert passed through instead, or training on; where
+    it trained, a user's boundary silently ignored (the step moved), or a refusal."""
+    found = []
+    for role in (OLD_ENGINE, UNMANAGED):
+        if role in evidence.needs:
+            refusals = refusal_faults(scenario, evidence, role)
+            if role == UNMANAGED:  # a DeepSpeed that ignores the key (< 0.19.4) may train instead: not a fault here
+                refusals = [f for f in refusals if "trains on instead" not in f.name]
+            found += refusals + training_faults(scenario, evidence, role)
+    return found
+
+
 P9 = register(Property(
     "P9", "fallbacks",
     "fallbacks: an engine without the boundary API follows its own counter and refuses only a user's boundary that "
     "contradicts it; the unmanaged mode is refused by name; never a dependency's assert, never silent wrong training",
-    _applies, _needs, _judge))
+    _applies, _needs, _judge, faults=_faults))

@@ -86,13 +86,12 @@ def rejudge(outcome: Outcome, entries: list, versions: dict) -> None:
     own): the evidence is unchanged, only which failures are known. Lets a triaged xfails file be applied to runs
     already made."""
     from ..results import worst
-    from ..xfails import judge, match
+    from ..xfails import judge
 
     for verdict in outcome.properties.values():
         raw = verdict.raw or verdict.outcome
-        known = match(entries, outcome.scenario, verdict.code, versions)
-        verdict.outcome, _ = judge(raw, known)
-        verdict.known = known.text() if known else None
+        judged = judge(entries, outcome.scenario, verdict.code, raw, verdict.signature, verdict.reason, versions)
+        verdict.outcome, verdict.known = judged.outcome, judged.known
     outcome.outcome = worst([v.outcome for v in outcome.properties.values()])
 
 
