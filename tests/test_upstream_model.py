@@ -324,3 +324,17 @@ def test_the_reference_strategy_draws_none_of_the_untouched_widenings() -> None:
                    for mb in scenario.program.micro_batches)
 
     draw()
+
+
+def test_a_repro_script_refuses_what_its_template_cannot_write() -> None:
+    """An untouched program's lr set, zero_grad, accelerator options or raw-engine loop are not in the standalone
+    script's template: writing one says so (NoRepro) instead of a script that trains another loop."""
+    from harness.programs.repro import NoRepro, script
+
+    check = {"property": "P5 dynamic schedule≡oracle"}
+    for program in (Program((MicroBatch(after="step", set_lr="before_step"),)),
+                    Program((MicroBatch(after="step", zero_grad="optimizer"),)),
+                    Program((MicroBatch(after="step"),), sync_each_batch=True)):
+        scenario = Scenario("ddp", PROGRAM, "g1", generated=program)
+        with pytest.raises(NoRepro, match="do not write"):
+            script(scenario, "reference_impl:Accelerator", check, {}, "summary")
