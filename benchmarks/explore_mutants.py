@@ -46,6 +46,7 @@ BACKENDS = {
     "override_reaches_engine_late": DEEPSPEED,
     "never_warns_clip_mismatch": DEEPSPEED,
     "zero0_norm_unmeasured": ("ds0",),
+    "builds_lower_stage": ("ds3",),  # asked for ZeRO-3 only; the built-stack check answers every program
 }
 # Mutants whose bug needs a model shape programs do not draw (two models, two heads) or that replace the DeepSpeed
 # wrapper, not the accelerator: named scenarios and wrapper checks catch them (docs/contract.md).

@@ -175,17 +175,18 @@ def _comparison(calls: list, where: str, tensor: str, detail: str, path: list[An
         if name == "compare_tensors" and any(d.where == where and d.tensor == tensor and d.detail == detail
                                              for d in result):
             key = path[-1]
-            ignore = (kwargs.get("ignore") or {}).get(key)
-            return {"want": _jsonable(args[1][key]), "rtol": kwargs["rtol"], "atol": kwargs["atol"],
-                    "tensor_scaled": kwargs.get("tensor_scaled", False),
-                    "window_scale": (kwargs.get("window_scales") or {}).get(key),
-                    "ignore": ignore.tolist() if ignore is not None else None, "as": "tensors"}
+            bound = (kwargs.get("bounds") or {}).get(key)
+            return {"want": _jsonable(args[1][key]), "rtol": kwargs.get("rtol", 0.0), "atol": kwargs.get("atol", 0.0),
+                    "bound": bound.double().tolist() if bound is not None else None,
+                    "bound_text": kwargs.get("bound_text", ""), "as": "tensors"}
         if name == "compare_scalar" and any(d.where == where and d.tensor == tensor and d.detail == detail
                                             for d in result):
-            return {"want": args[1], "rtol": kwargs["rtol"], "atol": kwargs["atol"], "as": "scalar"}
+            return {"want": args[1], "rtol": kwargs.get("rtol", 0.0), "atol": kwargs.get("atol", 0.0),
+                    "bound": kwargs.get("bound"), "bound_text": kwargs.get("bound_text", ""), "as": "scalar"}
         if name == "compare_tensor" and result == detail:
             want = args[1]
-            return {"want": float(want), "rtol": kwargs["rtol"], "atol": kwargs["atol"], "as": "float64"}
+            return {"want": float(want), "rtol": kwargs.get("rtol", 0.0), "atol": kwargs.get("atol", 0.0),
+                    "bound": None, "bound_text": "", "as": "float64"}
     raise NoRepro(f"the comparison behind {where} · {tensor} was not found when judging again")
 
 
@@ -196,7 +197,7 @@ def _source(*objects: Any) -> str:
 
 HELPERS = (job._named_parameters, job._full, job.full_parameters, job._zero0_master_weights, job.full_gradients,
            trace.StepRecord, trace.StepRecorder, loops._count_collectives, _last_line, compare.tolerance_text,
-           compare.compare_tensor)
+           compare.measure_tensor, compare.compare_tensor)
 
 TEMPLATE = '''#!/usr/bin/env python3
 """{title}
@@ -216,6 +217,7 @@ while the bug is there; exits 0 when this run gives what was expected. Written b
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import traceback
@@ -229,6 +231,12 @@ from accelerate.state import PartialState
 from {target_module} import {target_attr} as Accelerator
 
 Tensors = dict
+
+
+class ModelParts:  # accumgate's two-model shape; this script's model is one module
+    pass
+
+
 CHECK = json.loads({check!r})
 SCENARIO = types.SimpleNamespace(**json.loads({axes!r}))
 G = {g}
@@ -383,17 +391,23 @@ def judge(run, world_size):
         got, want = observe(run, path), CHECK["want"]
         if got is None:
             return "missing from the run"
-        ignore = torch.tensor(CHECK["ignore"]) if CHECK.get("ignore") is not None else None
+        bound = CHECK.get("bound")
         return compare_tensor(got, torch.tensor(want["tensor"], dtype=torch.float64).reshape(want["shape"]),
-                              rtol=CHECK["rtol"], atol=CHECK["atol"], tensor_scaled=CHECK["tensor_scaled"],
-                              ignore=ignore, window_scale=CHECK["window_scale"])
+                              rtol=CHECK["rtol"], atol=CHECK["atol"],
+                              bound=None if bound is None else torch.tensor(bound, dtype=torch.float64).reshape(want["shape"]),
+                              bound_text=CHECK.get("bound_text", ""))
     if kind == "scalar":
         got, want = observe(run, path), CHECK["want"]
+        if got is None and want is None:
+            return "not recorded by either run: None on both sides"
         if got is None or want is None:
-            return None if got is want else f"got {{got!r}}, want {{want!r}}"
-        dtype = torch.float64 if CHECK["as"] == "float64" else torch.float32
+            return f"got {{got!r}}, want {{want!r}}"
+        dtype = torch.float64
+        bound = CHECK.get("bound")
         return compare_tensor(torch.tensor(float(got), dtype=dtype), torch.tensor(float(want), dtype=dtype),
-                              rtol=CHECK["rtol"], atol=CHECK["atol"])
+                              rtol=CHECK["rtol"], atol=CHECK["atol"],
+                              bound=None if bound is None else torch.tensor(float(bound), dtype=torch.float64),
+                              bound_text=CHECK.get("bound_text", ""))
     if kind == "equal":
         got = observe(run, path)
         return None if got == CHECK["want"] else (CHECK["detail"] if str(got) in CHECK["detail"]
