@@ -334,7 +334,23 @@ def test_a_repro_script_refuses_what_its_template_cannot_write() -> None:
     check = {"property": "P5 dynamic schedule≡oracle"}
     for program in (Program((MicroBatch(after="step", set_lr="before_step"),)),
                     Program((MicroBatch(after="step", zero_grad="optimizer"),)),
-                    Program((MicroBatch(after="step"),), sync_each_batch=True)):
+                    Program((MicroBatch(after="step"),), sync_each_batch=True),
+                    Program((MicroBatch(), MicroBatch(after="step")), restart_at=1)):
         scenario = Scenario("ddp", PROGRAM, "g1", generated=program)
         with pytest.raises(NoRepro, match="do not write"):
             script(scenario, "reference_impl:Accelerator", check, {}, "summary")
+    with pytest.raises(NoRepro, match="lr schedule"):
+        script(Scenario("ddp", PROGRAM, "g1", lr_schedule="decay", generated=Program((MicroBatch(after="step"),))),
+               "reference_impl:Accelerator", check, {}, "summary")
+
+
+def test_a_repro_script_defines_what_a_query_reads() -> None:
+    """A program that reads the boundary before the forward calls engine_boundary(): the script defines it."""
+    from harness.programs.repro import script
+
+    check = {"property": "P4 boundaries", "kind": "equal", "path": ["sync", 0], "want": True, "detail": "",
+             "printed": "", "rank": 0, "where": "micro-batch 0", "tensor": "accelerator.sync_gradients"}
+    text = script(Scenario("ds0", PROGRAM, "g1", generated=Program((MicroBatch(query=True, after="step"),))),
+                  "reference_impl:Accelerator", check, {"accelerate": "1.15.0"}, "summary")
+    compile(text, "repro.py", "exec")
+    assert "def engine_boundary(accelerator):" in text and "engine_boundary(accelerator))" in text

@@ -289,6 +289,13 @@ def build():
     return accelerator, model, optimizer
 
 
+def engine_boundary(accelerator):
+    """What user code reads of the engine before the forward (None where there is no DeepSpeed engine)."""
+    engine = getattr(getattr(accelerator, "deepspeed_engine_wrapped", None), "engine", None)
+    asks = getattr(engine, "is_gradient_accumulation_boundary", None)
+    return bool(asks()) if callable(asks) else None
+
+
 def hide_engine_boundary_api():
     """An engine without set_gradient_accumulation_boundary and no_sync (DeepSpeed < 0.5.8, or a fork)."""
     from deepspeed.runtime.engine import DeepSpeedEngine
@@ -521,7 +528,8 @@ MEANING = {
 
 def _unscripted(scenario: Scenario) -> str:
     """What of an untouched program (``explore --untouched``) the template cannot write: accelerator options, the raw
-    engine's own loop, an lr set by hand, a zero_grad() at a micro-batch's end, FSDP2's own calls (empty: none)."""
+    engine's own loop, an lr set by hand, a zero_grad() at a micro-batch's end, FSDP2's own calls; and of any program: a
+    second accelerator (its arguments) and an lr schedule's scheduler, which the template does not build (empty: none)."""
     program = scenario.program
     found = [f"accelerator option {name}" for name in program.options]
     for mb in program.micro_batches:
@@ -529,6 +537,10 @@ def _unscripted(scenario: Scenario) -> str:
             ["an lr set by hand"] if mb.set_lr != "none" else []) + (
             ["zero_grad() at a micro-batch's end"] if mb.zero_grad != "none" else []) + (
             ["FSDP2's own calls"] if mb.fsdp_sync != NO_CALL or mb.fsdp_last_backward != NO_CALL else [])
+    if program.restart_at is not None:
+        found.append("a second accelerator")
+    if scenario.lr_schedule != "const":
+        found.append(f"the {scenario.lr_schedule} lr schedule's scheduler")
     return ", ".join(dict.fromkeys(found))
 
 
