@@ -81,7 +81,7 @@ def trainer(scenario: Scenario, accelerator_cls: Any, rank: int, count_collectiv
     from transformers import Trainer, TrainerCallback, TrainingArguments
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-    from . import job, stack
+    from . import snapshot, stack
     from .backends import LEARNING_RATES, deepspeed_config
     from .data import sample_for_global_index
     from .models import build_model
@@ -111,8 +111,8 @@ def trainer(scenario: Scenario, accelerator_cls: Any, rank: int, count_collectiv
         def on_train_begin(self, args: Any, train_state: Any, control: Any, **kwargs: Any) -> None:
             accelerator, model = state["trainer"].accelerator, state["trainer"].model_wrapped
             state["accelerator"], state["model"] = accelerator, model
-            recorder = StepRecorder(trace, params=lambda: job.full_parameters(accelerator, model, s)[0],
-                                    grads=lambda: job.full_gradients(accelerator, model, s),
+            recorder = StepRecorder(trace, params=lambda: snapshot.full_parameters(accelerator, model, s)[0],
+                                    grads=lambda: snapshot.full_gradients(accelerator, model, s),
                                     lr=lambda: float(state["trainer"].optimizer.param_groups[0]["lr"]))
             if s.is_deepspeed:
                 recorder.wrap_engine_step(model)
@@ -180,19 +180,19 @@ def trainer(scenario: Scenario, accelerator_cls: Any, rank: int, count_collectiv
             state["trainer"].remove_callback(noisy)
         state["trainer"].train()
         accelerator, model = state["accelerator"], state["model"]
-        trace.world = job.check_world(accelerator, model, s, rank)
+        trace.world = snapshot.check_world(accelerator, model, s, rank)
         trace.facts = stack.facts(s.backend, world, model if s.is_deepspeed else None)
         if s.is_deepspeed:
             trace.engine_global_steps, trace.engine_micro_steps = model.global_steps, model.micro_steps
-        trace.final_params, _ = job.full_parameters(accelerator, model, s)
+        trace.final_params, _ = snapshot.full_parameters(accelerator, model, s)
         probe = _ProbeRun(accelerator, model, s, rank)
-        trace.leftover_grads, trace.leftover_probe = job.leftover_gradients(probe, s)  # type: ignore[arg-type]
-        job.release(accelerator, model)
+        trace.leftover_grads, trace.leftover_probe = snapshot.leftover_gradients(probe, s)  # type: ignore[arg-type]
+        snapshot.release(accelerator, model)
     return trace
 
 
 class _ProbeRun:
-    """What ``job.leftover_gradients`` reads of a run: the prepared objects and the next micro-batch's data."""
+    """What ``snapshot.leftover_gradients`` reads of a run: the prepared objects and the next micro-batch's data."""
 
     def __init__(self, accelerator: Any, model: Any, scenario: Scenario, rank: int) -> None:
         self.accelerator, self.model, self.scenario, self.rank = accelerator, model, scenario, rank

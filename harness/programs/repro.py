@@ -26,7 +26,7 @@ import sys
 import textwrap
 from typing import Any, Iterator
 
-from .. import compare, job, loops, trace
+from .. import compare, loops, snapshot, trace
 from ..backends import ADAMW_WEIGHT_DECAY, LEARNING_RATES, _fsdp2_accelerator, deepspeed_config
 from ..data import TARGET_SCALE
 from ..models import HIDDEN, IN_FEATURES, OUT_FEATURES
@@ -195,7 +195,8 @@ def _source(*objects: Any) -> str:
     return "\n\n".join(textwrap.dedent(inspect.getsource(o)) for o in objects)
 
 
-HELPERS = (job._named_parameters, job._full, job.full_parameters, job._zero0_master_weights, job.full_gradients,
+HELPERS = (snapshot._named_parameters, snapshot._full, snapshot.full_parameters, snapshot._zero0_master_weights,
+           snapshot.full_gradients,
            trace.StepRecord, trace.StepRecorder, loops._count_collectives, _last_line, compare.tolerance_text,
            compare.measure_tensor, compare.compare_tensor)
 
