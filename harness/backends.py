@@ -86,10 +86,16 @@ def _fsdp2_accelerator(scenario: Scenario, accelerator_cls: Any) -> Any:
     from accelerate.state import AcceleratorState, PartialState
     from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
 
-    plugin = FullyShardedDataParallelPlugin(fsdp_version=2)
+    policy = {}
+    if scenario.reduce_dtype == "fp32":  # the user's own policy: bf16 compute, fp32 reduction (pytorch#196996)
+        from torch.distributed.fsdp import MixedPrecisionPolicy
+
+        policy = {"mixed_precision_policy": MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32,
+                                                                 output_dtype=torch.bfloat16)}
+    plugin = FullyShardedDataParallelPlugin(fsdp_version=2, **policy)
     accelerator = accelerator_cls(cpu=not torch.cuda.is_available(), fsdp_plugin=plugin,
-                                  gradient_accumulation_steps=scenario.configured_g,
-                                  mixed_precision="bf16" if scenario.precision == "bf16" else "no")
+                                  mixed_precision="bf16" if scenario.precision == "bf16" else "no",
+                                  **accumulation_arguments(scenario))
     if not torch.cuda.is_available():
         # Both states: every AcceleratorState() built later (prepare builds some) copies PartialState's type over its
         # own, and accelerate would then report MULTI_CPU and take the DDP paths (no_sync among them).
@@ -114,12 +120,34 @@ class Prepared:
 
 
 def _accelerator_kwargs(scenario: Scenario) -> dict[str, Any]:
-    """``twoheads`` routes micro-batches to one head: DDP must be told that some parameters go unused."""
-    if scenario.model != "twoheads" or scenario.backend != "ddp":
+    """``twoheads`` routes micro-batches to one head, ``lastbranch`` takes its branch on some micro-batches only: DDP
+    must be told that some parameters go unused."""
+    if scenario.model not in ("twoheads", "lastbranch") or scenario.backend != "ddp":
         return {}
     from accelerate.utils import DistributedDataParallelKwargs
 
     return {"kwargs_handlers": [DistributedDataParallelKwargs(find_unused_parameters=True)]}
+
+
+PLUGIN_OPTIONS = ("sync_each_batch", "sync_with_dataloader", "adjust_scheduler")
+
+
+def accumulation_arguments(scenario: Scenario) -> dict[str, Any]:
+    """How the accelerator learns G: ``gradient_accumulation_steps``, or, where a generated program asks for
+    GradientAccumulationPlugin options other than accelerate's defaults, the plugin with them (accelerate takes one or
+    the other); a program's ``even_batches=False`` as a DataLoaderConfiguration."""
+    options = scenario.generated.options if scenario.generated is not None else {}
+    plugin = {name: value for name, value in options.items() if name in PLUGIN_OPTIONS}
+    arguments: dict[str, Any] = {"gradient_accumulation_steps": scenario.configured_g}
+    if plugin:
+        from accelerate.utils import GradientAccumulationPlugin
+
+        arguments = {"gradient_accumulation_plugin": GradientAccumulationPlugin(num_steps=scenario.configured_g, **plugin)}
+    if "even_batches" in options:
+        from accelerate.utils import DataLoaderConfiguration
+
+        arguments["dataloader_config"] = DataLoaderConfiguration(even_batches=options["even_batches"])
+    return arguments
 
 
 def declare_unused_parameters(scenario: Scenario, module: Any) -> None:
@@ -157,15 +185,15 @@ def build(scenario: Scenario, accelerator_cls: Any, config_overrides: dict[str, 
         config = deepspeed_config(scenario) | (config_overrides or {})
         accelerator = accelerator_cls(
             deepspeed_plugin=DeepSpeedPlugin(hf_ds_config=config),
-            gradient_accumulation_steps=scenario.configured_g,
+            **accumulation_arguments(scenario),
         )
     elif scenario.backend == "fsdp":
         accelerator = _fsdp2_accelerator(scenario, accelerator_cls)
     else:
         accelerator = accelerator_cls(
             cpu=not torch.cuda.is_available(),
-            gradient_accumulation_steps=scenario.configured_g,
             mixed_precision="bf16" if scenario.precision == "bf16" else "no",
+            **accumulation_arguments(scenario),
             **_accelerator_kwargs(scenario),
         )
     whole = build_model(scenario.model, scenario.seed)
@@ -198,9 +226,9 @@ def rebuild(run: Any) -> Prepared:
     if scenario.is_deepspeed or scenario.backend == "fsdp":
         raise ValueError(f"{scenario.id}: a second accelerator runs on single and ddp only")
     first = run.accelerator
-    accelerator = type(first)(cpu=not torch.cuda.is_available(), gradient_accumulation_steps=scenario.configured_g,
+    accelerator = type(first)(cpu=not torch.cuda.is_available(),
                               mixed_precision="bf16" if scenario.precision == "bf16" else "no",
-                              **_accelerator_kwargs(scenario))
+                              **accumulation_arguments(scenario), **_accelerator_kwargs(scenario))
     prepared = Prepared(accelerator, None)
     for part, optimizer, scheduler in zip(run.parts, run.optimizers, run.schedulers):
         objects = [first.unwrap_model(part), optimizer.optimizer] + ([scheduler.scheduler] if scheduler else [])

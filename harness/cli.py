@@ -242,7 +242,7 @@ def _cmd_explore(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from .explore import default_corpus, explore, known_bugs_seen, save_to_corpus
+    from .explore import default_corpus, explore, known_bugs_seen, save_to_corpus, untouched_implied
     from .programs.strategies import EXPLORED_BACKENDS
     from .results import ResultsError, RunResults, check_writable, environment, write_all
     from .shards import ShardError, parse_shard, shard_backends
@@ -285,11 +285,12 @@ def _cmd_explore(args: argparse.Namespace) -> int:
             progress.update(task, advance=1, last=f"{outcome.outcome} {outcome.scenario}")
 
         explored = explore(args.target, backends, args.examples, args.seed, xfails, corpus,
-                           Path(args.report_dir) / "repro", database, on_example, args.timeout)
+                           Path(args.report_dir) / "repro", database, on_example, args.timeout, args.untouched)
     outcomes = [o for e in explored for o in e.outcomes]
     found = [c for e in explored for c in e.counterexamples]
     write_all(RunResults(target=args.target, outcomes=outcomes, environment=environment(args.target),
                          selection={"explore": asked, "examples": args.examples, "seed": args.seed,
+                                    "untouched": untouched_implied(args.target, args.untouched),
                                     "shard": args.shard, "shard_part": backends if args.shard else None},
                          wall_seconds=time.perf_counter() - started), Path(args.report_dir))
     for exploration in explored:
@@ -432,6 +433,10 @@ def build_parser() -> argparse.ArgumentParser:
     explore.add_argument("--save-corpus", action="store_true", help="append the counterexamples found to the corpus")
     explore.add_argument("--database", default=None, metavar="DIR", help="Hypothesis example database (default: none)")
     explore.add_argument("--timeout", type=float, default=120.0, metavar="S", help="per-program timeout (default 120 s)")
+    explore.add_argument("--untouched", action="store_true",
+                         help="only programs without the new API: upstream's own code (accumulate() with plugin options, "
+                              "DataLoaders of any length, lr sets, zero_grad, the raw engine, FSDP2's calls) judged by the "
+                              "model and the oracle; --target native implies it")
     explore.add_argument("--shard", default=None, metavar="K/N",
                          help="explore only this shard's backends (balanced by measured programs per second); more "
                               "machines than backends: give each another --seed")

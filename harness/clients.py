@@ -8,7 +8,9 @@ reports whether it ran through and, if not, the assertion it stopped on.
   through, and otherwise the assertion it stopped on.
 - ``trainer``: the transformers ``Trainer`` training the tiny GPT-2 with its own loop (it sets ``sync_gradients``
   itself, normalises the loss by the tokens of the whole accumulated batch, sends ``scale_wrt_gas=False`` to
-  DeepSpeed, reads the norm from ``clip_grad_norm_``), recorded like any scenario and judged by every property.
+  DeepSpeed, reads the norm from ``clip_grad_norm_``), recorded like any scenario and judged by every property; or
+  GPT-2's sequence-classification head (``gpt2cls``), whose loss is its own mean (transformers#47688), with the
+  Trainer's own 1/G or, told the head normalises nothing, its division by the window's length (#38837).
 """
 from __future__ import annotations
 
@@ -79,7 +81,7 @@ def trainer(scenario: Scenario, accelerator_cls: Any, rank: int, count_collectiv
     from transformers import Trainer, TrainerCallback, TrainingArguments
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-    from . import job, stack
+    from . import snapshot, stack
     from .backends import LEARNING_RATES, deepspeed_config
     from .data import sample_for_global_index
     from .models import build_model
@@ -94,7 +96,7 @@ def trainer(scenario: Scenario, accelerator_cls: Any, rank: int, count_collectiv
 
         def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
             sample = sample_for_global_index(s.model, s.seed, world, size, index)
-            if s.loss_norm == "trainermask0":  # never a target after the shift: same loss, same oracle
+            if s.loss_norm in ("trainermask0", "trainerdefault"):  # never a target after the shift: same loss, oracle
                 sample = dict(sample, labels=sample["labels"].clone())
                 sample["labels"][0] = -100
             return sample
@@ -109,8 +111,8 @@ def trainer(scenario: Scenario, accelerator_cls: Any, rank: int, count_collectiv
         def on_train_begin(self, args: Any, train_state: Any, control: Any, **kwargs: Any) -> None:
             accelerator, model = state["trainer"].accelerator, state["trainer"].model_wrapped
             state["accelerator"], state["model"] = accelerator, model
-            recorder = StepRecorder(trace, params=lambda: job.full_parameters(accelerator, model, s)[0],
-                                    grads=lambda: job.full_gradients(accelerator, model, s),
+            recorder = StepRecorder(trace, params=lambda: snapshot.full_parameters(accelerator, model, s)[0],
+                                    grads=lambda: snapshot.full_gradients(accelerator, model, s),
                                     lr=lambda: float(state["trainer"].optimizer.param_groups[0]["lr"]))
             if s.is_deepspeed:
                 recorder.wrap_engine_step(model)
@@ -152,7 +154,7 @@ def trainer(scenario: Scenario, accelerator_cls: Any, rank: int, count_collectiv
                 return torch.utils.data.SequentialSampler(self.train_dataset)
 
         trainer_cls = SequentialTrainer
-    if "average_tokens_across_devices" in fields:
+    if "average_tokens_across_devices" in fields and s.loss_norm != "trainerdefault":  # #34242: the default's own
         compat["average_tokens_across_devices"] = True
     with tempfile.TemporaryDirectory() as output:
         args = TrainingArguments(
@@ -168,27 +170,29 @@ def trainer(scenario: Scenario, accelerator_cls: Any, rank: int, count_collectiv
         original = trainer_module.Accelerator
         trainer_module.Accelerator = accelerator_cls
         try:
-            state["trainer"] = trainer_cls(model=build_model(s.model, s.seed), args=args, train_dataset=Samples(),
-                                           callbacks=[Recording()])
+            model = build_model(s.model, s.seed)
+            if s.loss_norm == "trainerwindow":  # the head says it normalises nothing: the Trainer divides by the window
+                model.accepts_loss_kwargs = False
+            state["trainer"] = trainer_cls(model=model, args=args, train_dataset=Samples(), callbacks=[Recording()])
         finally:
             trainer_module.Accelerator = original
         for noisy in (PrinterCallback, ProgressCallback):
             state["trainer"].remove_callback(noisy)
         state["trainer"].train()
         accelerator, model = state["accelerator"], state["model"]
-        trace.world = job.check_world(accelerator, model, s, rank)
+        trace.world = snapshot.check_world(accelerator, model, s, rank)
         trace.facts = stack.facts(s.backend, world, model if s.is_deepspeed else None)
         if s.is_deepspeed:
             trace.engine_global_steps, trace.engine_micro_steps = model.global_steps, model.micro_steps
-        trace.final_params, _ = job.full_parameters(accelerator, model, s)
+        trace.final_params, _ = snapshot.full_parameters(accelerator, model, s)
         probe = _ProbeRun(accelerator, model, s, rank)
-        trace.leftover_grads, trace.leftover_probe = job.leftover_gradients(probe, s)  # type: ignore[arg-type]
-        job.release(accelerator, model)
+        trace.leftover_grads, trace.leftover_probe = snapshot.leftover_gradients(probe, s)  # type: ignore[arg-type]
+        snapshot.release(accelerator, model)
     return trace
 
 
 class _ProbeRun:
-    """What ``job.leftover_gradients`` reads of a run: the prepared objects and the next micro-batch's data."""
+    """What ``snapshot.leftover_gradients`` reads of a run: the prepared objects and the next micro-batch's data."""
 
     def __init__(self, accelerator: Any, model: Any, scenario: Scenario, rank: int) -> None:
         self.accelerator, self.model, self.scenario, self.rank = accelerator, model, scenario, rank

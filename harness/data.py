@@ -6,7 +6,8 @@ compares.
 
 MLP targets are scaled so that pre-clip gradient norms exceed 1: clipping at 1.0 then really clips, and a
 wrong norm or a double clip shows in the parameters. GPT-2 sequences have random lengths, right-padded,
-with padding masked out of the loss (-100): the token-level loss that makes batch splits matter.
+with padding masked out of the loss (-100): the token-level loss that makes batch splits matter. The classification
+head (``gpt2cls``) reads the same sequences with one class label per sample.
 """
 from __future__ import annotations
 
@@ -14,15 +15,15 @@ import functools
 
 import torch
 
-from .models import GPT2_POSITIONS, GPT2_VOCAB, IN_FEATURES, OUT_FEATURES
+from .models import GPT2_CLASSES, GPT2_PAD_ID, GPT2_POSITIONS, GPT2_VOCAB, IN_FEATURES, OUT_FEATURES
 
 TARGET_SCALE = 4.0
-PAD_ID = 0
+PAD_ID = GPT2_PAD_ID
 
 
 def _sample(model: str, seed: int, rank: int, sample: int) -> dict[str, torch.Tensor]:
     generator = torch.Generator().manual_seed(1_000_003 * seed + 10_007 * rank + sample)
-    if model in ("mlp", "twomodels", "twoheads"):
+    if model in ("mlp", "twomodels", "twoheads", "lastbranch"):
         inputs = torch.randn(IN_FEATURES, generator=generator)
         targets = TARGET_SCALE * torch.randn(OUT_FEATURES, generator=generator)
         return {"inputs": inputs, "targets": targets}
@@ -30,6 +31,9 @@ def _sample(model: str, seed: int, rank: int, sample: int) -> dict[str, torch.Te
     input_ids = torch.randint(1, GPT2_VOCAB, (GPT2_POSITIONS,), generator=generator)
     attention_mask = (torch.arange(GPT2_POSITIONS) < length).long()
     input_ids = input_ids.masked_fill(attention_mask == 0, PAD_ID)
+    if model == "gpt2cls":
+        label = torch.randint(0, GPT2_CLASSES, (), generator=generator)
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": label}
     labels = input_ids.masked_fill(attention_mask == 0, -100)
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
@@ -41,11 +45,22 @@ def route_of(rank: int, index: int) -> int:
     return 1 if (index + rank) % 4 == 1 else 0
 
 
+BRANCH_EVERY = 4
+
+
+def takes_branch(index: int) -> int:
+    """``lastbranch``: micro-batch ``index`` (every rank alike) takes the branch when it is the last of a window of
+    ``BRANCH_EVERY`` (3, 7, 11): the branch's parameters first get a gradient on a window's last micro-batch."""
+    return 1 if index % BRANCH_EVERY == BRANCH_EVERY - 1 else 0
+
+
 def micro_batch(model: str, seed: int, rank: int, index: int, size: int) -> dict[str, torch.Tensor]:
     samples = [_sample(model, seed, rank, index * size + k) for k in range(size)]
     batch = {key: torch.stack([sample[key] for sample in samples]) for key in samples[0]}
     if model == "twoheads":
         batch["route"] = torch.tensor(route_of(rank, index))
+    elif model == "lastbranch":
+        batch["route"] = torch.tensor(takes_branch(index))
     return batch
 
 

@@ -6,6 +6,10 @@ where model and target part ways, and written as a standalone repro script.
 It orchestrates nothing of its own: a program is a scenario like any other, so it runs, is judged, reported and
 gated exactly as the named scenarios are. Distinct bugs are told apart by the first property they fail (Hypothesis
 shrinks each to its own minimal program). Counterexamples are appended to a corpus file that every run replays first.
+
+``untouched`` explores upstream as it is: only programs without the new API (``strategies.programs(untouched=True)``),
+judged by the model and the oracle, so that ``--target native`` explores instead of reporting ``unsupported``; the
+corpus then replays only its untouched programs.
 """
 from __future__ import annotations
 
@@ -103,6 +107,11 @@ def first_disagreement(outcome: Outcome) -> str:
     return f"{first.name}: {first.outcome}: {first.reason or ''} {('xfails ' + first.known) if first.known else ''}".strip()
 
 
+def untouched_implied(target: str, untouched: bool) -> bool:
+    """Upstream accelerate has none of the new API: exploring it means exploring untouched code."""
+    return untouched or target == "native"
+
+
 def known_bugs_seen(outcomes: Sequence[Outcome], xfails: Sequence[Xfail]) -> dict[str, list[str]]:
     """Known upstream bugs whose signature programs showed (their verdicts are xfail, not counterexamples): bug
     thread -> program ids, so a run reports the bug it met instead of staying silent about it."""
@@ -121,9 +130,10 @@ def known_bugs_seen(outcomes: Sequence[Outcome], xfails: Sequence[Xfail]) -> dic
 
 
 def explore_backend(runner: Runner, backend: str, examples: int, seed: int | None, corpus: Sequence[Scenario],
-                    database: object = None, on_example: Callable[[Outcome], None] | None = None) -> Exploration:
+                    database: object = None, on_example: Callable[[Outcome], None] | None = None,
+                    untouched: bool = False) -> Exploration:
     """Draw up to ``examples`` programs on ``backend`` (after replaying the corpus), return every outcome and the
-    minimal counterexamples."""
+    minimal counterexamples; ``untouched``: only programs without the new API."""
     from hypothesis import HealthCheck, example, given, settings
     from hypothesis import seed as fixed_seed
 
@@ -145,9 +155,9 @@ def explore_backend(runner: Runner, backend: str, examples: int, seed: int | Non
                 found.first_failure = found.examples
             raise _failure(bad[0].code, scenario, outcome)
 
-    test = given(programs(backend, accelerate_forwards_boundary()))(check)
+    test = given(programs(backend, accelerate_forwards_boundary(), untouched=untouched))(check)
     for scenario in corpus:
-        if scenario.backend == backend:
+        if scenario.backend == backend and (scenario.untouched or not untouched):
             test = example(scenario)(test)
     test = settings(max_examples=examples, deadline=None, database=database, derandomize=seed is None,
                     suppress_health_check=list(HealthCheck), report_multiple_bugs=True, print_blob=False)(test)
@@ -202,14 +212,16 @@ def write_repro(runner: Runner, counterexample: Counterexample, directory: Path)
 
 def explore(target: str, backends: Sequence[str], examples: int, seed: int | None, xfails: Sequence[Xfail] = (),
             corpus_path: Path | None = None, repro_dir: Path | None = None, database: object = None,
-            on_example: Callable[[Outcome], None] | None = None, job_timeout_s: float = 120.0) -> list[Exploration]:
+            on_example: Callable[[Outcome], None] | None = None, job_timeout_s: float = 120.0,
+            untouched: bool = False) -> list[Exploration]:
     pool = WorldPool(job_timeout_s)
     corpus = load_corpus(corpus_path)
+    untouched = untouched_implied(target, untouched)
     explored = []
     try:
         for backend in backends:
             runner = Runner(target, xfails=xfails, pool=pool)
-            exploration = explore_backend(runner, backend, examples, seed, corpus, database, on_example)
+            exploration = explore_backend(runner, backend, examples, seed, corpus, database, on_example, untouched)
             if repro_dir is not None:
                 for counterexample in exploration.counterexamples:
                     write_repro(runner, counterexample, repro_dir)

@@ -17,7 +17,7 @@ import torch
 
 from .data import cast, micro_batch, window_tokens
 from .models import forward_loss, forward_token_loss_sum
-from .programs.program import NO_CALL, MicroBatch
+from .programs.program import NO_CALL, MicroBatch, lr_set_factor
 from .scenario import Scenario
 from .trace import StepRecorder, Trace
 
@@ -41,10 +41,14 @@ class Run:
         self.backward_kwargs: dict[str, Any] = {"scale_wrt_gas": False} if scenario.loss_norm in ("tokens", "user") else {}
         self._window_of = [range(end - w, end) for end, w in zip(accumulate(scenario.windows), scenario.windows)
                            for _ in range(w)]
+        self.lr_sets = 0  # lrs set by hand so far (programs.program.lr_set_factor)
+        # Where each micro-batch's data comes from, as the prepared DataLoader handed it out: (rank, micro-batch)
+        self.sources: dict[int, tuple[int, int]] = {}
 
     def batch(self, index: int) -> dict[str, torch.Tensor]:
         s = self.scenario
-        batch = micro_batch(s.model, s.seed, self.rank, index, s.micro_batch_size)
+        rank, stream_index = self.sources.get(index, (self.rank, index))
+        batch = micro_batch(s.model, s.seed, rank, stream_index, s.micro_batch_size)
         batch = {k: v.to(self.accelerator.device) for k, v in batch.items()}
         if s.is_deepspeed and s.precision == "bf16":  # the engine casts the module, not the inputs
             batch = cast(batch, torch.bfloat16)
@@ -123,6 +127,22 @@ class Run:
             if scheduler is not None:
                 scheduler.step()
 
+    def set_lr(self) -> None:
+        """The user sets the lr by hand on every param group of every optimizer (the next factor of LR_SET_FACTORS
+        times the lr the optimizer was built with)."""
+        from .backends import LEARNING_RATES
+
+        factor = lr_set_factor(self.lr_sets)
+        self.lr_sets += 1
+        for optimizer in self.optimizers:
+            for group in optimizer.param_groups:
+                group["lr"] = LEARNING_RATES[self.scenario.optimizer] * factor
+
+    def zero_grad(self) -> None:
+        """``optimizer.zero_grad()`` on each prepared optimizer, as a user calls it outside the step idiom."""
+        for optimizer in self.optimizers:
+            optimizer.zero_grad()
+
     def query(self, index: int) -> None:
         """What user code reads between the calls, before the forward: ``accelerator.sync_gradients`` and, on
         DeepSpeed, ``engine.is_gradient_accumulation_boundary()`` (ZeRO-3 prefetch reads the same)."""
@@ -158,15 +178,29 @@ def _context(run: Run, name: str) -> Iterator[None]:
 
 
 def run_micro_batch(run: Run, index: int, mb: MicroBatch, count_collectives: bool = False) -> None:
+    if mb.set_lr == "before_forward":
+        run.set_lr()
     if mb.driver == "engine":
         engine = run.model
-        engine.set_gradient_accumulation_boundary(mb.backward)
+        if mb.backward is not None:
+            engine.set_gradient_accumulation_boundary(mb.backward)
         loss = run.loss(index)
         with _counted(run, count_collectives):
             engine.backward(loss, **run.backward_kwargs)
         run.after_backward()
+        if mb.set_lr == "before_step":
+            run.set_lr()
         engine.step()
+        if mb.zero_grad == "engine":
+            engine.zero_grad()
+        elif mb.zero_grad == "engine_optimizer":
+            engine.optimizer.zero_grad()
         return
+    for part in run.parts:  # FSDP2's own module calls, before the forward
+        if mb.fsdp_sync != NO_CALL:
+            part.set_requires_gradient_sync(mb.fsdp_sync)
+        if mb.fsdp_last_backward != NO_CALL:
+            part.set_is_last_backward(mb.fsdp_last_backward)
     if mb.set_boundary != NO_CALL:
         run.new_api("set_deepspeed_gradient_accumulation_boundary")(mb.set_boundary)
     with _context(run, mb.context):
@@ -176,12 +210,16 @@ def run_micro_batch(run: Run, index: int, mb: MicroBatch, count_collectives: boo
         with _counted(run, count_collectives):
             run.backward(loss, mb.backward)
         run.after_backward()
+        if mb.set_lr == "before_step":
+            run.set_lr()
         if mb.after == "step":
             run.step(clip=False)
         elif mb.after == "clip_step":
             run.step(clip=True)
         elif mb.after == "step_and_zero_grad":
             run.step_and_zero_grad(index, mb)
+        if mb.zero_grad == "optimizer":
+            run.zero_grad()
 
 
 def _local(grad: torch.Tensor) -> torch.Tensor:
@@ -223,15 +261,26 @@ def _count_collectives(profile: Any) -> dict[str, int]:
 
 def micro_batch_indices(run: Run) -> Iterable[int]:
     """Plain indices, or, where the program reads a prepared DataLoader, its batches: its last one is what makes
-    ``accumulate()`` force the partial window's boundary (the #3552 situation)."""
-    count = len(run.scenario.program)
-    if not run.scenario.program.dataloader:
+    ``accumulate()`` force the partial window's boundary (the #3552 situation). The DataLoader's items name the data
+    each micro-batch reads (global item j: rank j % ranks, micro-batch j // ranks), so a batch the sampler completes
+    from the dataset's start (``even_batches`` over a short dataset) reads what the sampler gave."""
+    program = run.scenario.program
+    count = len(program)
+    if not program.dataloader:
         return range(count)
     from torch.utils.data import DataLoader
 
     # Each rank gets every num_processes-th item of the sharded loader: `count` batches of one index each.
-    loader = run.accelerator.prepare_data_loader(DataLoader(range(count * run.accelerator.num_processes), batch_size=1))
-    return (index for index, _ in enumerate(loader))
+    ranks = run.accelerator.num_processes
+    loader = run.accelerator.prepare_data_loader(DataLoader(range(count * ranks - int(program.short_dataset)),
+                                                            batch_size=1))
+
+    def indices() -> Iterator[int]:
+        for index, item in enumerate(loader):
+            run.sources[index] = divmod(int(item[0]), ranks)[::-1]
+            yield index
+
+    return indices()
 
 
 def train(run: Run, recorder: StepRecorder, count_collectives: bool = False) -> None:

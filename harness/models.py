@@ -6,7 +6,12 @@ padded, variable-length sequences. ``twomodels``: the same perceptron as two mod
 optimizer (a GAN's generator and discriminator, an actor and a critic): what "each optimizer steps once per
 boundary" is about. ``twoheads``: a shared trunk and two heads, each micro-batch routed to one head by (rank,
 micro-batch) — conditional computation, where ranks hold gradients for different parameters (a mixture of experts,
-multi-task heads). Dropout is off: every rank and the oracle compute the same function.
+multi-task heads). ``gpt2cls``: the tiny GPT-2 under transformers' sequence-classification head (two classes, the
+last non-padding token read), whose own loss is the mean cross-entropy over its samples — the head whose ``forward``
+takes ``**kwargs`` but never reads ``num_items_in_batch`` (transformers#47688). ``lastbranch``: the perceptron with a
+residual branch that only every fourth micro-batch (the last of each window of 4) takes, on every rank — a parameter
+that first gets a gradient on a window's last micro-batch (an auxiliary loss, an MoE expert; pytorch#196996). Dropout
+is off: every rank and the oracle compute the same function.
 """
 from __future__ import annotations
 
@@ -17,6 +22,8 @@ import torch
 
 IN_FEATURES, HIDDEN, OUT_FEATURES = 8, 16, 4
 GPT2_VOCAB, GPT2_POSITIONS, GPT2_EMBED, GPT2_LAYERS, GPT2_HEADS = 64, 16, 16, 1, 2
+GPT2_CLASSES = 2
+GPT2_PAD_ID = 0  # the padding token (data.PAD_ID): the classification head reads the last token before it
 
 
 class MLP(torch.nn.Module):
@@ -64,6 +71,22 @@ class TwoHeads(torch.nn.Module):
         return self.head_b(hidden) if int(route) == 1 else self.head_a(hidden)
 
 
+class LastBranch(torch.nn.Module):
+    """``fc2(h + branch(h))`` on the micro-batches whose ``route`` is 1, ``fc2(h)`` on the others (h = tanh(fc1(x)))."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = torch.nn.Linear(IN_FEATURES, HIDDEN)
+        self.branch = torch.nn.Linear(HIDDEN, HIDDEN)
+        self.fc2 = torch.nn.Linear(HIDDEN, OUT_FEATURES)
+
+    def forward(self, x: torch.Tensor, route: torch.Tensor) -> torch.Tensor:
+        hidden = torch.tanh(self.fc1(x))
+        if int(route) == 1:
+            hidden = hidden + self.branch(hidden)
+        return self.fc2(hidden)
+
+
 class ModelParts:
     """Prepared parts of a model the user prepares piece by piece (``TwoModels``): called as the whole, iterated as
     the parts (each with its optimizer, context and clipping). Its parameters are named ``<part>.<name>``, the names
@@ -97,9 +120,20 @@ def _tiny_gpt2() -> torch.nn.Module:
     return model
 
 
+def _tiny_gpt2_classifier() -> torch.nn.Module:
+    from transformers import GPT2Config, GPT2ForSequenceClassification
+
+    config = GPT2Config(vocab_size=GPT2_VOCAB, n_positions=GPT2_POSITIONS, n_embd=GPT2_EMBED, n_layer=GPT2_LAYERS,
+                        n_head=GPT2_HEADS, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, summary_first_dropout=0.0,
+                        num_labels=GPT2_CLASSES, pad_token_id=GPT2_PAD_ID, bos_token_id=GPT2_VOCAB - 1,
+                        eos_token_id=GPT2_VOCAB - 1)
+    return GPT2ForSequenceClassification(config)
+
+
 def build_model(name: str, seed: int) -> torch.nn.Module:
     """Same seed, same bytes: the fork of the RNG keeps the caller's global RNG stream untouched."""
-    builders = {"mlp": MLP, "gpt2": _tiny_gpt2, "twomodels": TwoModels, "twoheads": TwoHeads}
+    builders = {"mlp": MLP, "gpt2": _tiny_gpt2, "twomodels": TwoModels, "twoheads": TwoHeads,
+                "gpt2cls": _tiny_gpt2_classifier, "lastbranch": LastBranch}
     if name not in builders:
         raise ValueError(f"model {name!r}: expected one of {', '.join(builders)}")
     with torch.random.fork_rng(devices=[]):
@@ -121,7 +155,8 @@ def _float64_default(model: Any) -> Iterator[None]:
 
 
 def forward_loss(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The micro-batch loss a user would backpropagate: MSE for the MLP, token-mean cross-entropy for GPT-2."""
+    """The micro-batch loss a user would backpropagate: MSE for the MLP, token-mean cross-entropy for GPT-2, the
+    classification head's own mean cross-entropy over the micro-batch's samples for ``gpt2cls``."""
     if "route" in batch:
         return torch.nn.functional.mse_loss(model(batch["inputs"], batch["route"]), batch["targets"])
     if "inputs" in batch:

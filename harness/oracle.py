@@ -4,7 +4,8 @@ No accelerate, no DeepSpeed. It trains along the steps the model of DESIGN §3 g
 the loss scaling rule of §3: every micro-batch loss is divided by the *configured* G whatever the window length
 (with the user's own token normalisation, ``scale_wrt_gas=False``, nothing divides by G); gradients are averaged
 over ranks at the step; the pre-clip global norm is measured, gradients clipped once, the optimizer and its lr
-schedule step, gradients are zeroed.
+schedule step, gradients are zeroed. Where the model says a ``zero_grad()`` discarded the window so far, its
+micro-batches are dropped; an lr the user set by hand is set on the float64 optimizer at the same point of the loop.
 
 Two expectations come out of it:
 - ``expected``: free-running from the initial weights (the trajectory a perfect float64 run takes). Shared by every
@@ -20,11 +21,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .backends import LR_LAMBDAS, build_optimizer, steps_parameters_no_rank_used
+from .backends import LEARNING_RATES, LR_LAMBDAS, build_optimizer, steps_parameters_no_rank_used
 from .data import cast, global_window_tokens, micro_batch, window_tokens
 from .models import build_model, forward_loss, forward_token_loss_sum, parts_of
-from .programs.model import Expectation
-from .scenario import TRAINER_NORMS, Scenario
+from .programs.model import Expectation, MicroExpect
+from .scenario import TRAINER_NORMS, TRAINER_WINDOW_NORM, Scenario
 from .trace import Tensors, Trace
 
 
@@ -73,6 +74,7 @@ class _Float64Run:
 
     def __init__(self, scenario: Scenario) -> None:
         self.s = scenario
+        self.program = scenario.program  # built once: losses() asks it where each micro-batch's data comes from
         self.model = build_model(scenario.model, scenario.seed).double()
         self.named = list(self.model.named_parameters())
         self.params = [p for _, p in self.named]
@@ -101,7 +103,14 @@ class _Float64Run:
         """(the loss the user sees, what backpropagates: loss / configured G, or the user's token normalisation).
         Beyond the program (the P8 probe micro-batch) the plain mean loss scaled by the engine."""
         s = self.s
-        batch = cast(micro_batch(s.model, s.seed, rank, index, s.micro_batch_size), torch.float64)
+        source = self.program.source(rank, index, s.world_size) if index < len(self.program) else (rank, index)
+        batch = cast(micro_batch(s.model, s.seed, *source, s.micro_batch_size), torch.float64)
+        if (s.loss_norm == TRAINER_WINDOW_NORM or (s.api == "trainer" and s.loss_norm == "mean")) and index < len(
+                self._window_of):
+            # A head that normalises nothing itself: the Trainer divides its mean loss by the window's length (its rule
+            # since #39659; G on uniform windows) before backward, and that is the loss the user's backward receives.
+            loss = forward_loss(self.model, batch) / len(self._window_of[index])
+            return loss, loss
         if s.loss_norm in TRAINER_NORMS and index < len(self._window_of):
             loss = s.world_size * forward_token_loss_sum(self.model, batch) / global_window_tokens(
                 s.model, s.seed, s.world_size, self._window_of[index], s.micro_batch_size)
@@ -146,6 +155,13 @@ class _Float64Run:
             optimizer.step()
             optimizer.zero_grad()
         return norm, lr
+
+    def set_lr(self, mb: MicroExpect, when: str) -> None:
+        """An lr the user set by hand at this point of the micro-batch: every param group of every optimizer."""
+        if mb.lr_set is not None and mb.lr_set[0] == when:
+            for optimizer in self.optimizers:
+                for group in optimizer.param_groups:
+                    group["lr"] = LEARNING_RATES[self.s.optimizer] * mb.lr_set[1]
 
     def advance(self, scheduler_steps: int) -> None:
         """The lr schedule's steps at the end of a micro-batch (accelerate's wrapper may step it without a step)."""
@@ -227,21 +243,25 @@ def expected(scenario: Scenario, expectation: Expectation, probe: int | None = N
     world = scenario.world_size
     trace = OracleTrace(losses=[[] for _ in range(world)])
     accumulated: list[Tensors | None] = [None] * world
-    last_step_end = 0
+    window_start = 0
     for m in range(_played(expectation)):
+        mb = expectation.micro_batches[m]
+        run.set_lr(mb, "before_forward")
         for r in range(world):
             loss, grads = run.gradient(r, m)
             trace.losses[r].append(loss)
             accumulated[r] = _add(accumulated[r], grads)
-        mb = expectation.micro_batches[m]
+        run.set_lr(mb, "before_step")
         if mb.steps:
             averaged = _mean(accumulated)  # type: ignore[arg-type]
-            norm, lr = run.step(averaged, mb.clip, run.unused(range(last_step_end, m + 1)))
+            norm, lr = run.step(averaged, mb.clip, run.unused(range(window_start, m + 1)))
             trace.steps.append(OracleStep(m, norm, averaged, run.snapshot(), lr, part_norms=run.part_norms(averaged)))
-            accumulated, last_step_end = [None] * world, m + 1
+            accumulated, window_start = [None] * world, m + 1
         run.advance(mb.scheduler_steps)
+        if mb.discards:  # a zero_grad() at the end of the micro-batch: what accumulated so far is gone
+            accumulated, window_start = [None] * world, m + 1
     trace.leftover, trace.leftover_scale, trace.leftover_terms, trace.leftover_micro_grads = _leftover(
-        run, expectation, last_step_end, _played(expectation), world, probe)
+        run, expectation, expectation.leftover_start, _played(expectation), world, probe)
     return trace
 
 
@@ -255,7 +275,9 @@ def teacher_forced(scenario: Scenario, expectation: Expectation, trace: Trace, p
     out = OracleTrace(losses=[[] for _ in range(world)])
     windows = expectation.windows
     steps = expectation.step_points
+    micro = expectation.micro_batches
     before = trace.initial_params or run.snapshot()  # the seeded model's weights, as the oracle built them
+    previous_end = 0
     for k, window in enumerate(windows):
         if k >= len(trace.steps) or not before:
             break
@@ -263,29 +285,38 @@ def teacher_forced(scenario: Scenario, expectation: Expectation, trace: Trace, p
         per_rank: list[Tensors | None] = [None] * world
         magnitude: dict[str, float] = {}
         terms: Tensors | None = None
-        micro: dict[int, list[Tensors]] = {}
-        for m in window:
-            micro[m] = []
+        micro_grads: dict[int, list[Tensors]] = {}
+        # Every micro-batch since the last step: those a zero_grad() discarded give their losses (at the same weights)
+        # and their lr sets and scheduler steps, but no gradient to the window.
+        for m in range(previous_end, steps[k] + 1):
+            run.set_lr(micro[m], "before_forward")
+            if m in window:
+                micro_grads[m] = []
             for r in range(world):
                 loss, grads = run.gradient(r, m)
                 out.losses[r].append(loss)
-                micro[m].append({name: g.float() for name, g in grads.items()})
+                if m not in window:
+                    continue
+                micro_grads[m].append({name: g.float() for name, g in grads.items()})
                 per_rank[r] = _add(per_rank[r], grads)
                 terms = _add(terms, {name: g.abs() / world for name, g in grads.items()})
                 for name, g in grads.items():
                     magnitude[name] = magnitude.get(name, 0.0) + (float(g.abs().max()) / world if g.numel() else 0.0)
             if m != steps[k]:
-                run.advance(expectation.micro_batches[m].scheduler_steps)
+                run.set_lr(micro[m], "before_step")
+                run.advance(micro[m].scheduler_steps)
+        previous_end = steps[k] + 1
         averaged = _mean(per_rank)  # type: ignore[arg-type]
         norm = _norm(list(averaged.values()))
         recorded = trace.steps[k].grads
-        mb = expectation.micro_batches[steps[k]]
+        mb = micro[steps[k]]
+        run.set_lr(mb, "before_step")
         params, lr = None, run.lr
         if recorded is not None and set(recorded) == set(averaged):
             _, lr = run.step(recorded, mb.clip, run.unused(window))
             params = run.snapshot()
         run.advance(mb.scheduler_steps)
-        out.steps.append(OracleStep(steps[k], norm, averaged, params, lr, magnitude, terms, micro,
+        out.steps.append(OracleStep(steps[k], norm, averaged, params, lr, magnitude, terms, micro_grads,
                                     run.part_norms(averaged)))
         before = trace.steps[k].params
     end = steps[len(out.steps) - 1] + 1 if out.steps else 0
@@ -295,5 +326,5 @@ def teacher_forced(scenario: Scenario, expectation: Expectation, trace: Trace, p
             for r in range(world):
                 out.losses[r].append(float(run.losses(r, m)[0].detach()))
         out.leftover, out.leftover_scale, out.leftover_terms, out.leftover_micro_grads = _leftover(
-            run, expectation, end, _played(expectation), world, probe)
+            run, expectation, max(end, expectation.leftover_start), _played(expectation), world, probe)
     return out

@@ -139,10 +139,11 @@ class Runner:
 
     def free_oracle(self, scenario: Scenario, expectation: Expectation) -> oracle.OracleTrace:
         """Depends on the data, the optimizer and the steps, not on the API style: shared across styles."""
-        plan = tuple((mb.steps, mb.clip, mb.scheduler_steps, mb.reduces) for mb in expectation.micro_batches)
+        plan = tuple(mb.oracle_plan for mb in expectation.micro_batches)
         key = (scenario.model, scenario.seed, scenario.optimizer, scenario.world_size, scenario.micro_batch_size,
                scenario.loss_norm, scenario.windows if scenario.loss_norm == "tokens" else None,
-               scenario.configured_g, scenario.lr_schedule, plan, expectation.error_at)
+               scenario.configured_g, scenario.lr_schedule, plan, expectation.error_at,
+               scenario.generated.short_dataset if scenario.generated else False)  # whose data a micro-batch reads
         if key not in self._free:
             started = time.perf_counter()
             self._free[key] = oracle.expected(scenario, expectation)

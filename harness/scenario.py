@@ -31,7 +31,10 @@ OPTIMIZERS = ("sgd", "adamw")
 PRECISIONS = ("fp32", "bf16")
 CLIPS = (1.0, None)
 WORLD_SIZES = (1, 2)
-MODELS = ("mlp", "gpt2", "twomodels", "twoheads")
+MODELS = ("mlp", "gpt2", "twomodels", "twoheads", "gpt2cls", "lastbranch")
+# The models the profiles combine; "gpt2cls" (a sequence-classification head: transformers#47688) and "lastbranch" (a
+# branch only a window's last micro-batch takes: pytorch#196996) are the live scenarios' (``live``).
+PROFILE_MODELS = ("mlp", "gpt2", "twomodels", "twoheads")
 # How the user turns a micro-batch into the loss it backpropagates: ``mean`` = the model's own mean loss (the
 # engine / accelerate divide it by G); ``tokens`` = the token-level sum divided by the rank's token count of the
 # whole window, passed with ``backward(loss, scale_wrt_gas=False)`` (DeepSpeed; transformers #34191, #35808).
@@ -40,12 +43,18 @@ MODELS = ("mlp", "gpt2", "twomodels", "twoheads")
 # micro-batch's token-loss sum over the window's tokens of every rank (``num_items_in_batch``), times the world size.
 # ``innermodule`` = half the mean loss through the engine's forward, half through ``engine.module``'s (an
 # auxiliary loss through the inner module: deepspeed #8224 scaled only the engine's half by 1/G).
-LOSS_NORMS = ("mean", "tokens", "user", "trainer", "trainermask0", "innermodule")
+LOSS_NORMS = ("mean", "tokens", "user", "trainer", "trainermask0", "innermodule", "trainerdefault", "trainerwindow")
 # The Trainer's own normalisation (api 'trainer'); 'trainermask0': the same on labels whose position 0 is -100. That
 # position is never a target after the causal shift, so the loss and gradients are the same; only a Trainer that counts
 # the tokens before the shift (transformers before #46204) counts differently, so the variant isolates the G-scaling
-# threads (#35808, #45305) from the token-count one on the versions that have both.
-TRAINER_NORMS = ("trainer", "trainermask0")
+# threads (#35808, #45305) from the token-count one on the versions that have both. 'trainerdefault': trainermask0's
+# labels with the Trainer's own default for average_tokens_across_devices (the client sets it True otherwise): the
+# global token mean is right, a per-rank one is transformers#34242 (the default before 4.54).
+TRAINER_NORMS = ("trainer", "trainermask0", "trainerdefault")
+# 'trainerwindow': the Trainer with the classification head told it normalises nothing itself (accepts_loss_kwargs =
+# False, the attribute the Trainer reads first): the Trainer divides each micro-batch's mean loss by its window's real
+# length (transformers >= 4.55, #39659); dividing a partial last window by G instead is transformers#38837.
+TRAINER_WINDOW_NORM = "trainerwindow"
 # The learning rate: constant, or a linear warm-up over 4 scheduler steps (LambdaLR), prepared by accelerate, so that
 # "step counts and lr schedule follow" (P4) is measured: accelerate's scheduler wrapper steps num_processes times per
 # optimizer step, DeepSpeed's engine once per boundary.
@@ -53,6 +62,18 @@ LR_SCHEDULES = ("const", "warmup", "decay")
 # The profiles combine these; "decay" (an lr that changes at every scheduler step) is drawn by generated programs.
 PROFILE_LR_SCHEDULES = ("const", "warmup")
 WARMUP_STEPS = 4
+# A call the user's loop makes beside its style's own (issue 24's live threads; ``live`` combines them):
+# ``zerograd2``: a zero_grad() after micro-batch 2 of the first window — the prepared optimizer's ``optimizer.zero_grad()``
+#   (accelerate acts on it only while sync_gradients is True) or, on the raw engine, ``engine.zero_grad()``;
+# ``optzerograd2``: the same with ``engine.optimizer.zero_grad()`` on the raw engine (deepspeed#6554: they differ);
+# ``lrbeforestep``: the lr set by hand between backward and the step on every window's last micro-batch (accelerate#2951);
+# ``lrbetween``: the lr set by hand before the first forward of every window after the first (an lr change between
+#   steps: the control of lrbeforestep).
+USER_CALLS = ("none", "zerograd2", "optzerograd2", "lrbeforestep", "lrbetween")
+# Where gradients are reduced in another dtype than the parameters': "param" (accelerate's mixed_precision policy: bf16
+# parameters reduce in bf16) or "fp32": FSDP2's MixedPrecisionPolicy(param_dtype=bf16, reduce_dtype=fp32), the policy
+# users choose for exact sums (pytorch#196996). Judged with the bf16 tolerances, which the fp32 sum only tightens.
+REDUCE_DTYPES = ("param", "fp32")
 
 # Schedule name -> (configured gradient_accumulation_steps G, window lengths).
 SCHEDULES: dict[str, tuple[int, tuple[int, ...]]] = {
@@ -78,7 +99,8 @@ PROFILE_SCHEDULES = ("uni4", "dyn3142", "forced4264", "every1", "g1win4", "tail4
 SPLITS = (("uni1", 8), ("uni2", 4), ("uni4", 2), ("uni8", 1))
 DEFAULT_MICRO_BATCH = 2
 
-PROFILES = ("quick", "ci", "full")
+# "live": issue 24's live upstream bugs and their controls (``live``), on demand: not in the default envs.
+PROFILES = ("quick", "ci", "full", "live")
 
 
 @dataclass(frozen=True)
@@ -98,6 +120,8 @@ class Scenario:
     loss_norm: str = "mean"
     lr_schedule: str = "const"
     generated: Program | None = None  # the micro-batches of a generated program (api "program")
+    user_call: str = "none"  # a call beside the style's own (USER_CALLS)
+    reduce_dtype: str = "param"  # FSDP2's reduce dtype (REDUCE_DTYPES)
 
     def __post_init__(self) -> None:
         problem = invalid_reason(self)
@@ -132,7 +156,8 @@ class Scenario:
             return self.generated
         if self.is_client:
             return Program(())
-        return program_of(self.api, self.windows, self.accumulate_finds_boundaries, self.ends_with_dataloader)
+        return with_user_call(program_of(self.api, self.windows, self.accumulate_finds_boundaries,
+                                         self.ends_with_dataloader), self.user_call, self.windows)
 
     @property
     def untouched(self) -> bool:
@@ -186,7 +211,11 @@ class Scenario:
         if self.is_client:
             return f"{self.backend}-{self.api.replace('_', '')}-w{self.world_size}"
         clip = "noclip" if self.clip is None else f"clip{self.clip:g}"
-        parts = [self.backend, self.api.replace("_", ""), self.schedule, self.optimizer, self.precision, clip]
+        api = self.api.replace("_", "")
+        if self.api == PROGRAM and self.generated.micro_batches and all(
+                mb.driver == "engine" for mb in self.generated.micro_batches):
+            api = "engineprogram"  # the raw engine's own loop: no accelerate call (xfail globs tell them apart)
+        parts = [self.backend, api, self.schedule, self.optimizer, self.precision, clip]
         if self.lr_schedule != "const":
             parts.append(self.lr_schedule)
         if self.micro_batch_size != DEFAULT_MICRO_BATCH:
@@ -195,6 +224,10 @@ class Scenario:
             parts.append(self.model)
         if self.loss_norm != "mean":
             parts.append(f"{self.loss_norm}norm")
+        if self.user_call != "none":
+            parts.append(self.user_call)
+        if self.reduce_dtype != "param":
+            parts.append(f"red{self.reduce_dtype}")
         parts.append(f"w{self.world_size}")
         if self.seed:
             parts.append(f"seed{self.seed}")
@@ -233,8 +266,8 @@ class Scenario:
     def split_reference(self) -> "Scenario | None":
         """For a batch split other than the first, the same data as one micro-batch per window (P10)."""
         split = (self.schedule, self.micro_batch_size)
-        if split not in SPLITS or split == SPLITS[0]:
-            return None
+        if split not in SPLITS or split == SPLITS[0] or self.user_call != "none":
+            return None  # a call placed by micro-batch (a zero_grad, an lr set) does not cut into splits
         return self.with_split(*SPLITS[0])
 
 
@@ -263,6 +296,8 @@ def invalid_reason(s: Scenario) -> str | None:
         (s.model in MODELS, f"model {s.model!r}: expected one of {', '.join(MODELS)}"),
         (s.loss_norm in LOSS_NORMS, f"loss_norm {s.loss_norm!r}: expected one of {', '.join(LOSS_NORMS)}"),
         (s.micro_batch_size >= 1, f"micro_batch_size {s.micro_batch_size}: expected >= 1"),
+        (s.user_call in USER_CALLS, f"user_call {s.user_call!r}: expected one of {', '.join(USER_CALLS)}"),
+        (s.reduce_dtype in REDUCE_DTYPES, f"reduce_dtype {s.reduce_dtype!r}: expected one of {', '.join(REDUCE_DTYPES)}"),
     ]
     for ok, message in checks:
         if not ok:
@@ -274,27 +309,89 @@ def invalid_reason(s: Scenario) -> str | None:
     if s.model == "twomodels" and (s.is_deepspeed or s.api in ("trainer",) or s.lr_schedule != "const"):
         return ("model 'twomodels' prepares two models with an optimizer each, off DeepSpeed (whose engine owns one "
                 "optimizer: a second one is refused by DESIGN §3), with a constant lr")
+    if s.reduce_dtype != "param" and (s.backend != "fsdp" or s.precision != "bf16"):
+        return "reduce_dtype 'fp32' is FSDP2's MixedPrecisionPolicy for bf16 parameters (backend fsdp, precision bf16)"
+    if s.model == "lastbranch" and (s.is_deepspeed or s.api in ("trainer",)):
+        return ("model 'lastbranch' (a branch only a window's last micro-batch takes) runs off DeepSpeed, whose ZeRO "
+                "stages handle parameters some micro-batches do not use apart (twoheads)")
     if s.loss_norm == "user" and not s.is_deepspeed:
         return "loss_norm 'user' passes DeepSpeed's scale_wrt_gas=False"
     if s.loss_norm == "innermodule" and (not s.is_deepspeed or s.model != "mlp" or s.api in ("trainer",)):
         return "loss_norm 'innermodule' runs half the forward through the DeepSpeed engine's inner module (MLP)"
     if s.api == PROGRAM:
+        if s.user_call != "none":
+            return "a generated program makes its calls itself (user_call is for the named styles)"
+        if s.generated.short_dataset and s.world_size < 2:
+            return "a short dataset (even_batches wrapping around) needs ranks to share it"
         return None
+    problem = _user_call_problem(s)
+    if problem:
+        return problem
     if s.api in ("ds_native", "legacy") and not s.backend.startswith("ds"):
         return f"api {s.api!r} drives a DeepSpeed engine"
     if s.api == "ddp_native" and s.backend.startswith("ds"):
         return "api 'ddp_native' is the seed's no_sync() code off DeepSpeed (ds_native is its DeepSpeed twin)"
     if s.api == "legacy" and not s.is_uniform:
         return "api 'legacy' (the engine's own counter) can only produce uniform windows"
-    if (s.api == "trainer") != (s.loss_norm in TRAINER_NORMS):
+    if s.model == "gpt2cls" and s.api == "trainer":
+        if s.loss_norm not in ("mean", TRAINER_WINDOW_NORM):
+            return ("the Trainer with a sequence-classification head (model 'gpt2cls') is judged against the head's own "
+                    "mean loss, divided by G (loss_norm 'mean': the head never reads num_items_in_batch) or by the "
+                    "window's length (loss_norm 'trainerwindow': the head says it normalises nothing)")
+    elif (s.api == "trainer") != (s.loss_norm in TRAINER_NORMS):
         return "the transformers Trainer (api 'trainer') normalises the loss its own way (loss_norm 'trainer')"
-    if s.api == "trainer" and (s.model != "gpt2" or s.backend == "fsdp" or s.optimizer != "sgd"
-                               or not s.is_uniform or s.lr_schedule != "const"):
-        return ("api 'trainer' runs the tiny GPT-2 with SGD (the Trainer exempts biases and norms from AdamW's decay) on "
-                "uniform windows, off FSDP (the Trainer builds its own accelerator: the CPU arrangement cannot reach it)")
+    if s.loss_norm == TRAINER_WINDOW_NORM and (s.api != "trainer" or s.model != "gpt2cls"):
+        return "loss_norm 'trainerwindow' is the Trainer's own with the classification head (api 'trainer', model 'gpt2cls')"
+    windows_ok = s.is_uniform or (s.loss_norm == TRAINER_WINDOW_NORM and s.ends_with_dataloader)
+    if s.api == "trainer" and (s.model not in ("gpt2", "gpt2cls") or s.backend == "fsdp" or s.optimizer != "sgd"
+                               or not windows_ok or s.lr_schedule != "const"):
+        return ("api 'trainer' runs the tiny GPT-2 (or its sequence-classification head) with SGD (the Trainer exempts "
+                "biases and norms from AdamW's decay) on uniform windows (a DataLoader's partial last window with "
+                "loss_norm 'trainerwindow'), off FSDP (the Trainer builds its own accelerator: the CPU arrangement cannot "
+                "reach it)")
     if s.loss_norm == "tokens" and (s.model != "gpt2" or not s.is_deepspeed):
         return "loss_norm 'tokens' is a token-level loss (gpt2) passed with DeepSpeed's scale_wrt_gas=False"
     return None
+
+
+def _user_call_problem(s: Scenario) -> str | None:
+    """Where a user call means what its name says."""
+    call = s.user_call
+    if call == "none":
+        return None
+    if s.api in ("trainer", *CLIENT_STYLES) or s.model == "twomodels":
+        return f"user_call {call!r} is made by a named style's loop over one model"
+    if call in ("zerograd2", "optzerograd2") and (not s.windows or s.windows[0] < 3):
+        return f"user_call {call!r} needs a first window of 3 or more micro-batches (the zero_grad falls inside it)"
+    if call == "optzerograd2" and s.api != "ds_native":
+        return "user_call 'optzerograd2' is engine.optimizer.zero_grad() on the raw engine (api 'ds_native')"
+    if s.api != "auto" and s.accumulate_finds_boundaries:
+        return (f"user_call {call!r} on a style other than accumulate() needs windows accumulate() cannot find by itself "
+                "(P1 would compare the style with accumulate()'s loop, which ignores a zero_grad off its boundary and, on "
+                "DeepSpeed, steps before an lr set after backward: another loop); use a dynamic schedule")
+    if call in ("lrbeforestep", "lrbetween") and s.lr_schedule != "const":
+        return f"user_call {call!r} sets the lr by hand: with a constant lr schedule (a scheduler would overwrite it)"
+    return None
+
+
+def with_user_call(program: Program, call: str, windows: tuple[int, ...]) -> Program:
+    """The style's program with the scenario's user call made where it says (USER_CALLS)."""
+    if call == "none":
+        return program
+    micro = list(program.micro_batches)
+    firsts = list(itertools.accumulate((0, *windows[:-1])))
+    lasts = [end - 1 for end in itertools.accumulate(windows)]
+    if call in ("zerograd2", "optzerograd2"):
+        engine = micro[1].driver == "engine"
+        kind = {"zerograd2": "engine" if engine else "optimizer", "optzerograd2": "engine_optimizer"}[call]
+        micro[1] = dataclasses.replace(micro[1], zero_grad=kind)
+    elif call == "lrbeforestep":
+        for last in lasts:
+            micro[last] = dataclasses.replace(micro[last], set_lr="before_step")
+    elif call == "lrbetween":
+        for first in firsts[1:]:
+            micro[first] = dataclasses.replace(micro[first], set_lr="before_forward")
+    return dataclasses.replace(program, micro_batches=tuple(micro))
 
 
 def not_runnable_reason(s: Scenario) -> str | None:
@@ -330,7 +427,8 @@ def is_valid(s: Scenario) -> bool:
 # ------------------------------------------------------------------------------------------------- profiles
 AXES: dict[str, tuple] = {
     "backend": BACKENDS, "api": API_STYLES, "schedule": PROFILE_SCHEDULES, "optimizer": OPTIMIZERS,
-    "precision": PRECISIONS, "clip": CLIPS, "world_size": WORLD_SIZES, "model": MODELS, "lr_schedule": PROFILE_LR_SCHEDULES,
+    "precision": PRECISIONS, "clip": CLIPS, "world_size": WORLD_SIZES, "model": PROFILE_MODELS,
+    "lr_schedule": PROFILE_LR_SCHEDULES,
 }
 
 
@@ -463,7 +561,52 @@ def shapes(backends: Iterable[str] = BACKENDS) -> list[Scenario]:
     return out
 
 
-PROFILE_BUILDERS: dict[str, Callable[..., list[Scenario]]] = {"quick": quick, "ci": pairwise, "full": full_product}
+def live(backends: Iterable[str] = BACKENDS) -> list[Scenario]:
+    """Issue 24's threads that are live on the default stack, each beside the controls that show the suite sees it for
+    the reason the thread gives (the oracle, the model and the loop are right where the bug cannot act):
+
+    - transformers#47688: the Trainer with a sequence-classification head (``gpt2cls``) — and the same head through
+      ``accumulate()`` (control: the oracle's classification loss), every backend but FSDP2; beside it the fixed
+      Trainer threads the catalogue replays on their versions: transformers#38837 (the head told to normalise nothing,
+      a DataLoader's partial last window: ``trainerwindow``) and transformers#34242 (the Trainer's default token
+      averaging across ranks: ``trainerdefault``), right on the default stack;
+    - deepspeed#6554: the raw engine's loop with ``engine.zero_grad()`` / ``engine.optimizer.zero_grad()`` inside a
+      window, every DeepSpeed backend — and ``optimizer.zero_grad()`` through accelerate inside ``accumulate()`` (ignored
+      off its boundary) and after the user's own ``no_sync()`` (discarded), every backend;
+    - accelerate#2951: an lr set between ``backward`` and the step through ``accumulate()``, every backend — and set
+      before the window instead (control), and on the raw engine before ``engine.step()`` (control);
+    - pytorch#196996: FSDP2 with MixedPrecisionPolicy(bf16, reduce fp32) and a branch only a window's last micro-batch
+      takes — and each ingredient alone (controls).
+    Not in the ci profile (the default envs): the live ones fail until their xfails lines land; ``--profile live``."""
+    keep = [b for b in BACKENDS if b in set(backends)]
+    out: list[Scenario] = []
+
+    def add(backend: str, api: str, schedule: str, **axes: object) -> None:
+        scenario = _build({"backend": backend, "api": api, "schedule": schedule,
+                           "world_size": 1 if backend == "single" else 2, **axes})
+        if scenario is not None and scenario not in out:
+            out.append(scenario)
+
+    for backend in keep:
+        add(backend, "trainer", "uni4", model="gpt2cls")
+        add(backend, "auto", "uni4", model="gpt2cls")
+        add(backend, "trainer", "tail442", model="gpt2cls", loss_norm=TRAINER_WINDOW_NORM)
+        add(backend, "trainer", "uni4", model="gpt2", loss_norm="trainerdefault")
+        add(backend, "ds_native", "dyn3142", user_call="zerograd2")
+        add(backend, "ds_native", "dyn3142", user_call="optzerograd2")
+        add(backend, "auto", "uni4", user_call="zerograd2")
+        add(backend, "ddp_native", "dyn3142", user_call="zerograd2")
+        add(backend, "auto", "uni4", user_call="lrbeforestep")
+        add(backend, "auto", "uni4", user_call="lrbetween")
+        add(backend, "ds_native", "dyn3142", user_call="lrbeforestep")
+        add(backend, "auto", "uni4", precision="bf16", reduce_dtype="fp32", model="lastbranch")
+        add(backend, "auto", "uni4", precision="bf16", reduce_dtype="fp32")
+        add(backend, "auto", "uni4", precision="bf16", model="lastbranch")
+    return out
+
+
+PROFILE_BUILDERS: dict[str, Callable[..., list[Scenario]]] = {"quick": quick, "ci": pairwise, "full": full_product,
+                                                              "live": live}
 
 
 def clients(backends: Iterable[str] = BACKENDS) -> list[Scenario]:
@@ -510,16 +653,19 @@ def leaving_runs(backends: Iterable[str] = BACKENDS) -> list[Scenario]:
 def profile(name: str, backends: Iterable[str] = BACKENDS) -> list[Scenario]:
     """The scenarios of a profile: quick as it is; ci and full add the batch-split groups P10 compares, the client
     programs and the runs P8-leak's follow-ups come after, so that every property has its scenarios in the one list
-    both faces run."""
+    both faces run; full also the live scenarios; live is those alone."""
     if name not in PROFILE_BUILDERS:
         raise ValueError(f"--profile {name!r}: expected one of {', '.join(PROFILES)}")
     chosen = PROFILE_BUILDERS[name](backends)
+    if name == "live":
+        return chosen
     if name == "quick":  # the other profiles' explorer runs replay the sentinels first (explore.load_corpus)
         seen = set(chosen)
         chosen += [s for s in sentinels(backends) if s not in seen and not seen.add(s)]
     if name != "quick":
         seen = set(chosen)
-        extra = split_groups(backends) + clients(backends) + leaving_runs(backends) + shapes(backends)
+        extra = (split_groups(backends) + clients(backends) + leaving_runs(backends) + shapes(backends)
+                 + (live(backends) if name == "full" else []))
         chosen += [s for s in extra if s not in seen and not seen.add(s)]
     return chosen
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness.job import StackMismatchError, check_stack
+from harness.snapshot import StackMismatchError, check_stack
 from harness.scenario import Scenario
 
 

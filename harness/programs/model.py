@@ -17,7 +17,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 
-from .program import NO_CALL, MicroBatch, Program
+from .program import NO_CALL, MicroBatch, Program, lr_set_factor
 
 
 class InvalidProgram(ValueError):
@@ -83,6 +83,16 @@ class MicroExpect:
     warns_clip_mismatch: bool = False  # the call's max_grad_norm differs from DeepSpeed's clipping: warned here
     # the later calls of the same micro-batch, in order (a second call for one optimizer; the next model's optimizer)
     returned_more: tuple[str, ...] = ()
+    # A zero_grad() at the end of this micro-batch discards the gradients accumulated since the last step: the next
+    # step's window starts after it (PyTorch's meaning; where accelerate's wrapper lets it act)
+    discards: bool = False
+    # An lr set by hand in this micro-batch: (when: "before_forward" | "before_step", factor of the optimizer's lr)
+    lr_set: tuple[str, float] | None = None
+
+    @property
+    def oracle_plan(self) -> tuple:
+        """What the float64 oracle trains along (the runner caches the free-running oracle by it)."""
+        return (self.steps, self.clip, self.scheduler_steps, self.reduces, self.discards, self.lr_set)
 
     @property
     def calls(self) -> tuple[str, ...]:
@@ -105,12 +115,26 @@ class Expectation:
 
     @property
     def windows(self) -> list[range]:
-        """The micro-batches whose gradients each step applies (from the previous step's next one)."""
+        """The micro-batches whose gradients each step applies: from the previous step's next one, or from after the
+        last zero_grad() that discarded what came before."""
         out, start = [], 0
-        for end in self.step_points:
-            out.append(range(start, end + 1))
-            start = end + 1
+        for index, mb in enumerate(self.micro_batches):
+            if mb.steps:
+                out.append(range(start, index + 1))
+                start = index + 1
+            if mb.discards:
+                start = index + 1
         return out
+
+    @property
+    def leftover_start(self) -> int:
+        """The first micro-batch whose gradients the program leaves behind (after its last step or discard)."""
+        played = self.error_at if self.error is not None else len(self.micro_batches)
+        start = 0
+        for index, mb in enumerate(self.micro_batches[:played]):
+            if mb.steps or mb.discards:
+                start = index + 1
+        return start
 
 
 @dataclass
@@ -135,14 +159,25 @@ class State:
     micro_steps: int = 0  # DeepSpeed's engine.micro_steps (engine.step() calls)
     global_steps: int = 0
     stepped_last_backward: bool = False  # the DeepSpeed engine really stepped in the most recent backward
+    # The program's accelerator options (GradientAccumulationPlugin): accumulate() reduces off its boundary too; the
+    # DataLoader's end forces accumulate()'s boundary
+    sync_each_batch: bool = False
+    sync_with_dataloader: bool = True
+    engine_flag: bool | None = None  # DeepSpeed's sticky _is_gradient_accumulation_boundary (None: its counter decides)
+    fsdp_sync: bool = True  # FSDP2's module flag requires_gradient_sync (sticky; accelerate's no_sync leaves it True)
+    lr_sets: int = 0  # lrs the user has set by hand so far
 
     def copy(self) -> "State":
         return copy.deepcopy(self)
 
 
 def start(facts: Facts, gradient_accumulation_steps: int, clip: float | None, scheduler: bool = False,
-          optimizers: int = 1) -> State:
-    return State(facts, gradient_accumulation_steps, clip, scheduler, optimizers)
+          optimizers: int = 1, program: Program | None = None) -> State:
+    """The state before the first micro-batch; ``program`` gives the accelerator options it was built with."""
+    state = State(facts, gradient_accumulation_steps, clip, scheduler, optimizers)
+    if program is not None:
+        state.sync_each_batch, state.sync_with_dataloader = program.sync_each_batch, program.sync_with_dataloader
+    return state
 
 
 def expect(program: Program, facts: Facts, gradient_accumulation_steps: int, clip: float | None,
@@ -150,7 +185,7 @@ def expect(program: Program, facts: Facts, gradient_accumulation_steps: int, cli
     """The expectation for ``program`` on a stack with these facts (raises ``InvalidProgram``). ``optimizers``: how
     many models the loop prepared, each with its optimizer (every step and optimizer_step_and_zero_grad call of the
     program is made once per optimizer, in order)."""
-    state = start(facts, gradient_accumulation_steps, clip, scheduler, optimizers)
+    state = start(facts, gradient_accumulation_steps, clip, scheduler, optimizers, program)
     expects: list[MicroExpect] = []
     for index, mb in enumerate(program.micro_batches):
         try:
@@ -176,6 +211,8 @@ def step(s: State, mb: MicroBatch, last_of_loader: bool = False, restart: bool =
         return _raw_engine(s, mb, index)
     if restart:
         _new_accelerator(s)
+    lr_set = _set_lr(s, mb, "before_forward")
+    _fsdp_calls(s, mb, index)
     _set_override(s, mb)
     held = _enter_context(s, mb, last_of_loader)
     query = _query(s, mb)
@@ -188,11 +225,13 @@ def step(s: State, mb: MicroBatch, last_of_loader: bool = False, restart: bool =
     reported = resolved  # §3 "After an explicit boundary": reports the resolved boundary
     s.last_boundary, s.last_reported = boundary, reported
     s.stepped.clear()
+    lr_set = _set_lr(s, mb, "before_step") or lr_set
     steps, clip, returned, warns = _after(s, mb, reported, boundary, index)
     return MicroExpect(boundary=bool(boundary), sync_gradients=bool(reported), steps=steps, clip=clip,
                        reduces=reduces, returned=returned[0] if returned else None,
                        scheduler_steps=_scheduler_steps(s, mb, reported), query=query, warns_clip_mismatch=warns,
-                       returned_more=tuple(returned[1:]) if returned else ())
+                       returned_more=tuple(returned[1:]) if returned else (),
+                       discards=_optimizer_zero_grad(s, mb, reported), lr_set=lr_set)
 
 
 # ------------------------------------------------------------------------------------------------ the rules
@@ -215,19 +254,66 @@ def _set_override(s: State, mb: MicroBatch) -> None:
         s.override = mb.set_boundary
 
 
+def _set_lr(s: State, mb: MicroBatch, when: str) -> tuple[str, float] | None:
+    """An lr set by hand (``group["lr"] = lr * factor`` on every param group of every optimizer): PyTorch's meaning,
+    which §3 leaves to the user — the next ``optimizer.step()`` uses it (a set between ``backward`` and ``step`` applies
+    to that very step: accelerate#2951 is where DeepSpeed's engine, which steps inside ``backward``, uses it one step
+    late). A prepared lr scheduler's next step overwrites it (LambdaLR sets base lr × factor), as torch does."""
+    if mb.set_lr != when:
+        return None
+    factor = lr_set_factor(s.lr_sets)
+    s.lr_sets += 1
+    return when, factor
+
+
+def _optimizer_zero_grad(s: State, mb: MicroBatch, reported: bool) -> bool:
+    """``optimizer.zero_grad()`` on the prepared optimizer at the end of the micro-batch: accelerate's
+    ``AcceleratedOptimizer.zero_grad`` acts only while ``sync_gradients`` is True (its accumulate() idiom calls it after
+    every micro-batch and relies on that), and where it acts it means what PyTorch's does — the gradients accumulated
+    since the last step are discarded (DESIGN §3 is silent; docs/decisions.md "zero_grad mid-window"). On DeepSpeed
+    accelerate's optimizer wrapper does nothing (the engine zeroes at its step): sync_gradients is True there only
+    where the engine has just stepped, so nothing is pending — except on accelerate <= 1.7, whose engine counter may
+    not have stepped: there the call is ignored, as upstream ignores it. Returns whether gradients were discarded."""
+    if mb.zero_grad != "optimizer" or not reported or s.facts.deepspeed:
+        return False
+    s.pending = s.unreduced = False
+    return True
+
+
+def _fsdp_calls(s: State, mb: MicroBatch, index: int) -> None:
+    """FSDP2's own calls on the prepared module, before the forward (torch's documented meaning, untouched by §3):
+    ``set_requires_gradient_sync(flag)`` is sticky — a backward reduce-scatters only while it is True (accelerate's
+    ``no_sync()``, and ``accumulate()`` off its boundary, set it False and back to True on exit, whatever it was:
+    accelerate 1.15's ``Accelerator.no_sync``); ``set_is_last_backward(flag)`` only decides whether the backward waits on
+    pending reductions (streams: nothing to wait for on CPU), which changes no number."""
+    if mb.fsdp_sync == NO_CALL and mb.fsdp_last_backward == NO_CALL:
+        return
+    if s.facts.backend != "fsdp":
+        raise InvalidProgram("FSDP2's module calls need an FSDP2 module", index)
+    if mb.fsdp_sync != NO_CALL:
+        s.fsdp_sync = bool(mb.fsdp_sync)
+
+
 def _enter_context(s: State, mb: MicroBatch, last_of_loader: bool) -> bool:
     """accelerate's own behaviour, which §3 leaves as it is: ``accumulate()`` counts micro-batches and syncs every G-th
     (and at the end of a prepared DataLoader, which restarts the count — §3 "accumulate()'s own boundary at the end of
-    a DataLoader is the schedule's word"); off its boundary it enters ``no_sync``; the user's own ``no_sync()`` holds
-    the reduction without touching the schedule. Returns whether a no_sync context is in effect."""
+    a DataLoader is the schedule's word" — unless the plugin says ``sync_with_dataloader=False``); off its boundary it
+    enters ``no_sync``, unless the plugin says ``sync_each_batch`` (in a world of several ranks: accelerate's
+    ``use_distributed``); the user's own ``no_sync()`` holds the reduction without touching the schedule. Returns
+    whether a no_sync context is in effect."""
     if mb.context == "accumulate":
-        if last_of_loader:
+        if last_of_loader and s.sync_with_dataloader:
             s.accumulate_step, s.schedule_sync = 0, True
         else:
             s.accumulate_step += 1
             s.schedule_sync = s.accumulate_step % s.g == 0
-        return not s.schedule_sync
-    return mb.context == "no_sync"
+        held = not s.schedule_sync and not (s.sync_each_batch and s.facts.world_size > 1)
+    else:
+        held = mb.context == "no_sync"
+    if s.facts.backend == "fsdp" and held:
+        s.fsdp_sync = True  # accelerate's no_sync() sets it back to True on exit
+        return True
+    return held or (s.facts.backend == "fsdp" and not s.fsdp_sync)
 
 
 def _query(s: State, mb: MicroBatch) -> tuple[bool | None, bool | None] | None:
@@ -299,6 +385,7 @@ def _deepspeed_backward(s: State, explicit: bool | None, held: bool, in_accumula
         boundary = s.schedule_sync if in_accumulate else counter
         return _every_backward_steps(s, boundary, engine_no_sync, index), _zero01_reduces(facts, boundary, engine_no_sync)
     boundary = explicit if explicit is not None else s.schedule_sync
+    s.engine_flag = boundary  # forwarded to engine.set_gradient_accumulation_boundary before engine.backward
     lifted = boundary and explicit is not None
     if boundary and engine_no_sync and not lifted:
         raise InvalidProgram("DeepSpeed steps inside its own no_sync() (it asserts there, upstream too)", index)
@@ -413,11 +500,33 @@ def _scheduler_steps(s: State, mb: MicroBatch, reported: bool) -> int:
 
 
 def _raw_engine(s: State, mb: MicroBatch, index: int) -> MicroExpect:
-    """The seed's "before" code on the raw engine (not the new API): engine.set_gradient_accumulation_boundary(b);
-    engine.backward(loss); engine.step() — DeepSpeed's documented idiom, judged as DeepSpeed behaves."""
+    """The seed's "before" code on the raw engine (not the new API): an optional
+    engine.set_gradient_accumulation_boundary(b); engine.backward(loss); engine.step() — DeepSpeed's documented idiom,
+    judged as DeepSpeed documents it: the flag is sticky (never reset by step(); a call persists until the next), and
+    without one ever set the engine's counter decides, (micro_steps + 1) % G == 0."""
     if not s.facts.deepspeed:
         raise InvalidProgram("the engine driver needs a DeepSpeed engine", index)
-    boundary = bool(mb.backward)
+    lr_set = _set_lr(s, mb, "before_forward")
+    if mb.backward is not None and not s.facts.engine_boundary_api:
+        # The user's own call of a method this engine lacks (DeepSpeed < 0.5.8, a fork): no fallback can answer it.
+        raise Raises("AttributeError")
+    if mb.backward is not None:
+        s.engine_flag = mb.backward
+    boundary = s.engine_flag if s.engine_flag is not None else (s.micro_steps + 1) % s.g == 0
+    lr_set = _set_lr(s, mb, "before_step") or lr_set
     steps = _every_backward_steps(s, boundary, False, index)
     return MicroExpect(boundary=boundary, sync_gradients=s.schedule_sync, steps=steps, clip=s.clip if steps else None,
-                       reduces=_zero01_reduces(s.facts, boundary, False), scheduler_steps=0)
+                       reduces=_zero01_reduces(s.facts, boundary, False), scheduler_steps=0,
+                       discards=_engine_zero_grad(s, mb), lr_set=lr_set)
+
+
+def _engine_zero_grad(s: State, mb: MicroBatch) -> bool:
+    """``engine.zero_grad()`` or ``engine.optimizer.zero_grad()`` after ``engine.step()``: PyTorch's meaning, the
+    gradients accumulated since the last step are discarded (DESIGN §3 is silent; docs/decisions.md "zero_grad
+    mid-window"). deepspeed#6554 (open) measured them to differ per stage — discarded at ZeRO-0/1, ignored at ZeRO-2,
+    and at ZeRO-3 ignored by the engine's and honoured by the optimizer's: the stages that ignore it fail here, by
+    name, in the catalogue. Returns whether gradients were discarded."""
+    if mb.zero_grad == "none":
+        return False
+    s.pending = False
+    return True

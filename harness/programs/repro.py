@@ -26,13 +26,14 @@ import sys
 import textwrap
 from typing import Any, Iterator
 
-from .. import compare, job, loops, trace
+from .. import compare, loops, snapshot, trace
 from ..backends import ADAMW_WEIGHT_DECAY, LEARNING_RATES, _fsdp2_accelerator, deepspeed_config
 from ..data import TARGET_SCALE
 from ..models import HIDDEN, IN_FEATURES, OUT_FEATURES
 from ..properties import REGISTRY, SUBJECT
 from ..properties.base import _last_line
 from ..scenario import Scenario
+from .program import NO_CALL
 
 UPSTREAM_TARGET = "accelerate:Accelerator"
 
@@ -194,7 +195,8 @@ def _source(*objects: Any) -> str:
     return "\n\n".join(textwrap.dedent(inspect.getsource(o)) for o in objects)
 
 
-HELPERS = (job._named_parameters, job._full, job.full_parameters, job._zero0_master_weights, job.full_gradients,
+HELPERS = (snapshot._named_parameters, snapshot._full, snapshot.full_parameters, snapshot._zero0_master_weights,
+           snapshot.full_gradients,
            trace.StepRecord, trace.StepRecorder, loops._count_collectives, _last_line, compare.tolerance_text,
            compare.measure_tensor, compare.compare_tensor)
 
@@ -286,6 +288,13 @@ def build():
     optimizer = {optimizer}
     model, optimizer = accelerator.prepare(model, optimizer)
     return accelerator, model, optimizer
+
+
+def engine_boundary(accelerator):
+    """What user code reads of the engine before the forward (None where there is no DeepSpeed engine)."""
+    engine = getattr(getattr(accelerator, "deepspeed_engine_wrapped", None), "engine", None)
+    asks = getattr(engine, "is_gradient_accumulation_boundary", None)
+    return bool(asks()) if callable(asks) else None
 
 
 def hide_engine_boundary_api():
@@ -518,12 +527,33 @@ MEANING = {
 }
 
 
+def _unscripted(scenario: Scenario) -> str:
+    """What of an untouched program (``explore --untouched``) the template cannot write: accelerator options, the raw
+    engine's own loop, an lr set by hand, a zero_grad() at a micro-batch's end, FSDP2's own calls; and of any program: a
+    second accelerator (its arguments) and an lr schedule's scheduler, which the template does not build (empty: none)."""
+    program = scenario.program
+    found = [f"accelerator option {name}" for name in program.options]
+    for mb in program.micro_batches:
+        found += (["the raw engine's loop"] if mb.driver == "engine" else []) + (
+            ["an lr set by hand"] if mb.set_lr != "none" else []) + (
+            ["zero_grad() at a micro-batch's end"] if mb.zero_grad != "none" else []) + (
+            ["FSDP2's own calls"] if mb.fsdp_sync != NO_CALL or mb.fsdp_last_backward != NO_CALL else [])
+    if program.restart_at is not None:
+        found.append("a second accelerator")
+    if scenario.lr_schedule != "const":
+        found.append(f"the {scenario.lr_schedule} lr schedule's scheduler")
+    return ", ".join(dict.fromkeys(found))
+
+
 def script(scenario: Scenario, target_path: str, check: dict[str, Any], versions: dict[str, str | None],
            summary: str, upstream: bool = False) -> str:
     """The standalone repro of a generated program (MLP only: the programs the explorer draws); ``upstream``: it
     imports plain accelerate instead of ``target_path`` (see ``write_for``)."""
     if scenario.model != "mlp":
         raise NoRepro("repro scripts are written for the MLP programs the explorer generates")
+    unscripted = _unscripted(scenario)
+    if unscripted:
+        raise NoRepro(f"repro scripts do not write {unscripted} yet (explore --untouched's calls)")
     module, _, attribute = (UPSTREAM_TARGET if upstream else target_path).partition(":")
     ds = scenario.is_deepspeed
     axes = {"is_deepspeed": ds, "zero_stage": scenario.zero_stage, "precision": scenario.precision,
