@@ -48,12 +48,14 @@ def explorer_catches() -> dict[str, str]:
 def named_catches() -> dict[str, str]:
     """Mutant -> the named scenario, probe or contract test that catches it (every one runs in CI)."""
     from tests.test_accelerator_contract import CHECKS  # noqa: F401  (the contract checks the rows name)
-    from tests.test_mutants import CONTRACT_CATCHES, PROGRAM_CATCHES, WORLD_CATCHES
+    from tests.test_mutants import CONTRACT_CATCHES, ERROR_CATCHES, PROGRAM_CATCHES, WORLD_CATCHES
     from tests.test_wrapper_mutants import WRAPPER_CATCHES
 
     out: dict[str, str] = {}
     for mutant, scenario, code in WORLD_CATCHES + PROGRAM_CATCHES:
         out.setdefault(mutant, f"{code} on `{scenario.id}`")
+    for mutant, scenario, code, reason in ERROR_CATCHES:
+        out.setdefault(mutant, f"{code} error on `{scenario.id}` ({reason})")
     for mutant, check in CONTRACT_CATCHES:
         out.setdefault(mutant, f"contract check `{check}` (tests/contract.py)")
     for mutant, check in WRAPPER_CATCHES:

@@ -100,7 +100,7 @@ CLAUSES: tuple[Clause, ...] = (
            "not an error", "_reduction, _deepspeed_backward", ("P7", "P5"),
            "explicit calls under no_sync on fsdp; no_sync on ds2/ds3", "fsdp-kwarg-forced4264, ds2/ds3 auto"),
     Clause("C25", "The built stack is the one asked for (ZeRO stage, offload, precision, distributed type, world size)",
-           "(job: the stack is verified before judging)", ("all",), "", "the stack check of every job", NAMED),
+           "(snapshot.check_stack, in every job before judging)", ("all",), "", "the stack check of every job", NAMED),
     Clause("C26", "DeepSpeed without set_gradient_accumulation_boundary: follow the engine's counter; an explicit "
            "boundary that disagrees raises naming the versions", "_deepspeed_backward", ("P9",), "",
            "P9's old-engine probe", NAMED),
