@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness.snapshot import StackMismatchError, check_stack
 from harness.scenario import Scenario
+from harness.snapshot import StackMismatchError, check_stack
 
 
 class FakeEngine:

@@ -332,6 +332,13 @@ def build():
     return accelerator, model, optimizer
 
 
+def engine_boundary(accelerator):
+    """What user code reads of the engine before the forward (None where there is no DeepSpeed engine)."""
+    engine = getattr(getattr(accelerator, "deepspeed_engine_wrapped", None), "engine", None)
+    asks = getattr(engine, "is_gradient_accumulation_boundary", None)
+    return bool(asks()) if callable(asks) else None
+
+
 def hide_engine_boundary_api():
     """An engine without set_gradient_accumulation_boundary and no_sync (DeepSpeed < 0.5.8, or a fork)."""
     from deepspeed.runtime.engine import DeepSpeedEngine
