@@ -193,7 +193,7 @@ def _support_pages(args: argparse.Namespace, merged) -> list[Path]:
     history = support.load_history(history_file)
     written = []
     if args.support_matrix:
-        write_atomic(Path(args.support_matrix), support.render(merged, bug_rows, history))
+        write_atomic(Path(args.support_matrix), support.render(merged, bug_rows, history, bugs=bugs))
         write_atomic(history_file, json.dumps(support.updated_history(merged, history, bug_rows), indent=1,
                                               ensure_ascii=False) + "\n")
         written += [Path(args.support_matrix), history_file]

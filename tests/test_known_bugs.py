@@ -2,11 +2,14 @@
 run, the shipped lines and catalogue (package data, applied by default), the known-bugs page (no world needed)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from harness import replay, xfails
 from harness.reports import support
 
+ROOT = Path(__file__).resolve().parent.parent
 SID = "ds0-kwarg-uni4-adamw-bf16-clip1-w2"
 DEEPSPEED_5104 = "ds0-[!p]*-adamw-bf16-*  P2:param,P5:param  [deepspeed>=0.18.6]  deepspeed#5104: step counter at 1\n"
 NEW = {"accelerate": "1.15.0", "deepspeed": "0.19.8"}
@@ -161,3 +164,17 @@ def test_the_explorer_names_the_known_bug_a_program_showed() -> None:
     spared = Outcome("ds0-program-g1-adamw-bf16-clip1-w2-0000000000", "pass",
                      properties={"P5": Verdict("P5", "P5 dynamic", "pass", raw="pass")})
     assert known_bugs_seen([shown, spared], lines) == {"deepspeed#5104": [shown.scenario]}
+
+
+def test_the_support_matrix_lists_what_is_live_on_the_default_stack_with_its_repro() -> None:
+    """Issue 24: every catalogue entry affecting the default stack (deepspeed#5104 and transformers#47688 at least) is
+    listed, each with an upstream-only repro that exists; a bug fixed before the default stack is not."""
+    bugs = replay.load(None)
+    table = support.live_table(bugs, [])
+    rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith(("| bug", "|---"))]
+    assert len(rows) >= 2
+    assert "deepspeed#5104" in table and "transformers#47688" in table
+    assert "accelerate#3552" not in table  # fixed in accelerate 1.8
+    for line in rows:
+        repro = line.split(" | ")[-2].strip("`")
+        assert (ROOT / repro).exists(), line

@@ -251,8 +251,44 @@ def readme_block(merged: Merged, history: dict[str, Any] | None = None) -> str:
                       not_runnable_table(), "", README_END])
 
 
+# The stack tox.ini's default envs install (constraints.txt pins torch): what "live" is judged against.
+DEFAULT_STACK = {"accelerate": "1.15.0", "deepspeed": "0.19.8", "transformers": "5.24.0", "torch": "2.13.0"}
+
+
+def _short(title: str, limit: int = 170) -> str:
+    """A title's first sentence, cut at ``limit`` characters, safe in a Markdown table cell."""
+    first = title.split(". ")[0]
+    return (first if len(first) <= limit else first[:limit].rsplit(" ", 1)[0] + " …").replace("|", "\\|")
+
+
+def live_table(bugs: list, bug_rows: list[dict[str, str]], stack: dict[str, str] | None = None) -> str:
+    """Catalogue entries whose affected versions include the default stack (issue 24: what users run today), each
+    with its upstream-only repro and this round's replay on that stack where one ran."""
+    from packaging.requirements import Requirement
+
+    from ..xfails import requirements_met
+
+    stack = stack or DEFAULT_STACK
+    replayed = {row["bug"]: row["affected"] for row in bug_rows}
+
+    def on_default(bug: Any) -> bool:
+        named = [a for a in bug.affected if Requirement(a).name in stack]
+        return bool(named) and requirements_met(named, stack)
+
+    live = [bug for bug in bugs if on_default(bug)]
+    lines = ["Catalogue entries whose affected versions include the default stack ("
+             + ", ".join(f"{k} {v}" for k, v in stack.items()) + "): each reproduces there, and its upstream-only "
+             "script (no accumgate import) exits 1 there.", "",
+             "| bug | what a user sees | status | upstream-only repro | replayed this round |", "|---|---|---|---|---|"]
+    for bug in live:
+        seen = replayed.get(bug.id, "")
+        lines.append(f"| {thread_link(bug.id)} | {_short(bug.title)} | {bug.status} | "
+                     f"{('`' + bug.repro + '`') if bug.repro else '—'} | {seen if ' → ' in seen else 'not replayed here'} |")
+    return "\n".join(lines)
+
+
 def render(merged: Merged, bug_rows: list[dict[str, str]], history: dict[str, Any] | None = None,
-           today: str | None = None) -> str:
+           today: str | None = None, bugs: list | None = None) -> str:
     history = history or {}
     sources = sorted({str(path.parent.name) for path, run in merged.runs if run.target == "reference"})
     return "\n".join([
@@ -270,6 +306,10 @@ def render(merged: Merged, bug_rows: list[dict[str, str]], history: dict[str, An
         f"{EXCUSED_LIMIT:.0%} says why in its note. The bugs themselves: [known-bugs.md](known-bugs.md).",
         "",
         matrix_table(merged, history, today=today),
+        "",
+        "## Live on the default stack",
+        "",
+        live_table(bugs or [], bug_rows),
         "",
         "## Pairings that cannot run here",
         "",
