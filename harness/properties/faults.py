@@ -107,16 +107,23 @@ def _total(local: OracleTrace) -> int:
     return len(local.steps)
 
 
+def _at_faulted_step(evidence: Evidence, role: str) -> tuple[list[Trace], OracleTrace, int] | None:
+    """The role's traces, its oracle and the step a gradient fault goes into; None where there is nothing to fault."""
+    found = _recorded(evidence, role)
+    if found is None:
+        return None
+    traces, local = found
+    k = _faulted_step(traces, local)
+    return None if k is None else (traces, local, k)
+
+
 # ---------------------------------------------------------------------------------------- gradient faults
 def tensor_zeroed(scenario: Scenario, evidence: Evidence, role: str = SUBJECT) -> list[Fault]:
     """Each tensor's gradient zeroed (one fault per tensor the oracle says has a gradient) at the first step."""
-    found = _recorded(evidence, role)
+    found = _at_faulted_step(evidence, role)
     if found is None:
         return []
-    traces, local = found
-    k = _faulted_step(traces, local)
-    if k is None:
-        return []
+    traces, local, k = found
     faults = []
     for name, want in sorted(local.steps[k].grads.items()):
         if not bool((want != 0).any()):
@@ -132,13 +139,10 @@ def tensor_zeroed(scenario: Scenario, evidence: Evidence, role: str = SUBJECT) -
 
 
 def _micro_batch_scaled(scenario: Scenario, evidence: Evidence, role: str, factor: float, verb: str) -> list[Fault]:
-    found = _recorded(evidence, role)
+    found = _at_faulted_step(evidence, role)
     if found is None:
         return []
-    traces, local = found
-    k = _faulted_step(traces, local)
-    if k is None:
-        return []
+    traces, local, k = found
     m = local.steps[k].micro_step
     delta = _contribution(local, k, m)
     if delta is None:
@@ -241,13 +245,10 @@ def rank_perturbed(scenario: Scenario, evidence: Evidence, role: str = SUBJECT) 
 
 def rounded_differently(scenario: Scenario, evidence: Evidence, role: str = SUBJECT) -> list[Fault]:
     """One element of one gradient one float32 ulp away (what a bit-for-bit property exists to see)."""
-    found = _recorded(evidence, role)
+    found = _at_faulted_step(evidence, role)
     if found is None:
         return []
-    traces, local = found
-    k = _faulted_step(traces, local)
-    if k is None:
-        return []
+    traces, local, k = found
     name = max(traces[0].steps[k].grads, key=lambda n: traces[0].steps[k].grads[n].numel())
 
     def faulted() -> Evidence:
